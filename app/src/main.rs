@@ -1,0 +1,198 @@
+//! The `agentbox` binary: parses flags, loads the config, opens the store, starts serving
+//! at once (ready once the models load), and shuts down gracefully on SIGINT/SIGTERM.
+
+mod api;
+mod config;
+mod conversations;
+mod error;
+mod metrics;
+mod models;
+mod openai;
+mod state;
+mod store;
+mod ui_assets;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+use crate::models::ModelRegistry;
+use crate::state::AppState;
+
+#[derive(Parser)]
+#[command(
+    name = "agentbox",
+    version,
+    about = "One binary for serving, routing, tracing and agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API and web UI.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "AGENTBOX_LISTEN")]
+    listen: Option<String>,
+    /// Directory for the embedded stores [default: ./data]
+    #[arg(long, env = "AGENTBOX_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// YAML config file
+    #[arg(long, env = "AGENTBOX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where relative model paths are resolved [default: ./models]
+    #[arg(long, env = "AGENTBOX_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    /// CPU threads for inference (0 = one per core)
+    #[arg(long, env = "AGENTBOX_THREADS")]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(Overrides {
+        config_file: args.config,
+        listen: args.listen,
+        data_dir: args.data_dir,
+        models_dir: args.models_dir,
+        threads: args.threads,
+    })?;
+    engine::set_cpu_threads(config.threads).context("configuring CPU threads")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let store = store::Store::open(&config.data_dir)?;
+    let state = AppState {
+        models: Arc::new(OnceLock::new()),
+        store: store.clone(),
+        metrics: Arc::new(metrics::Metrics::new()?),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    tracing::info!("agentbox listening on http://{address}");
+
+    let loader = {
+        let state = state.clone();
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let started = Instant::now();
+            let registry = ModelRegistry::load(&config)?;
+            for model in &registry.listed {
+                state.metrics.register_model(&model.name);
+            }
+            let names: Vec<&str> = registry.listed.iter().map(|m| m.name.as_str()).collect();
+            tracing::info!(
+                models = ?names,
+                threads = config.threads,
+                "models loaded in {:.2}s; ready",
+                started.elapsed().as_secs_f64()
+            );
+            let _ = state.models.set(Arc::new(registry));
+            Ok(())
+        })
+    };
+
+    // A model that fails to load stops the server with that error.
+    let load_error = Arc::new(parking_lot::Mutex::new(None::<anyhow::Error>));
+    let (load_failed, mut load_failed_rx) = tokio::sync::oneshot::channel::<()>();
+    {
+        let load_error = load_error.clone();
+        tokio::spawn(async move {
+            let error = match loader.await {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => error,
+                Err(join) => anyhow::anyhow!("model loader panicked: {join}"),
+            };
+            *load_error.lock() = Some(error);
+            let _ = load_failed.send(());
+        });
+    }
+
+    let grace = Duration::from_secs(config.engine.shutdown_grace_secs);
+    let shutdown_state = state.clone();
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown_signal() => {
+                    tracing::info!("shutting down: finishing in-flight requests (up to {}s)", grace.as_secs());
+                }
+                Ok(()) = &mut load_failed_rx => return,
+            }
+            // Ending the generations closes their streams, which lets the server drain.
+            if let Some(models) = shutdown_state.models.get().cloned() {
+                let _ = tokio::task::spawn_blocking(move || models.shutdown(grace)).await;
+            }
+        })
+        .await
+        .context("serving HTTP")?;
+    if let Some(error) = load_error.lock().take() {
+        return Err(error);
+    }
+    store.close()?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,171 @@
+//! `POST /v1/chat/completions`, streamed and not.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use engine::ChatMessage;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::error::{AppError, AppResult};
+use crate::openai::generation::{
+    ChoiceEvent, GenerationPlan, collect, finish_reason, merge_choices, sse_response, unix_now,
+};
+use crate::openai::json::OpenAiJson;
+use crate::openai::types::{ChatCompletionRequest, ChatMessageIn, MessageContent, Usage};
+use crate::state::AppState;
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    OpenAiJson(mut request): OpenAiJson<ChatCompletionRequest>,
+) -> AppResult<Response> {
+    let models = state.models()?;
+    let model = models.chat(&request.model)?;
+    if request.messages.is_empty() {
+        return Err(AppError::bad_request(
+            "messages",
+            "must contain at least one message",
+        ));
+    }
+    if request.tools.as_ref().is_some_and(|t| !t.is_null()) {
+        return Err(AppError::bad_request(
+            "tools",
+            "tool calling is not supported by local models yet",
+        ));
+    }
+    if let Some(format) = &request.response_format
+        && format
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != "text")
+    {
+        return Err(AppError::bad_request(
+            "response_format",
+            "only {\"type\": \"text\"} is supported yet",
+        ));
+    }
+    let messages = request
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| convert_message(i, m))
+        .collect::<AppResult<Vec<_>>>()?;
+    let prompt = model.chat_prompt(&messages)?;
+    let mut plan = GenerationPlan::new(&model, prompt, request.take_sampling())?;
+    let streams = plan.submit(&model)?;
+    let n = streams.len();
+    let events = merge_choices(streams, state.metrics.clone(), request.model.clone());
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = unix_now();
+    let name = request.model;
+
+    if !plan.stream {
+        let collected = collect(n, events).await?;
+        let choices: Vec<Value> = collected
+            .choices
+            .into_iter()
+            .enumerate()
+            .map(|(index, (text, reason))| {
+                json!({
+                    "index": index,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": null,
+                    "finish_reason": reason,
+                })
+            })
+            .collect();
+        return Ok(Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": name,
+            "choices": choices,
+            "usage": collected.usage,
+        }))
+        .into_response());
+    }
+
+    let include_usage = plan.include_usage;
+    let prompt_tokens = plan.prompt_tokens;
+    let chunk = move |choices: Value, usage: Option<Usage>| {
+        let mut chunk = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": name,
+            "choices": choices,
+        });
+        if include_usage {
+            chunk["usage"] = json!(usage);
+        }
+        chunk
+    };
+    let payloads = async_stream::stream! {
+        for index in 0..n {
+            yield Ok(chunk(json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None));
+        }
+        let mut usage = Usage::new(prompt_tokens, 0);
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(ChoiceEvent::Text(index, text)) => {
+                    yield Ok(chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]), None));
+                }
+                Ok(ChoiceEvent::Finished(index, completion)) => {
+                    usage = usage.add(Usage::new(0, completion.completion_tokens));
+                    yield Ok(chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason(completion.reason)}]), None));
+                }
+                Err(error) => {
+                    yield Err(error);
+                    return;
+                }
+            }
+        }
+        if include_usage {
+            yield Ok(chunk(json!([]), Some(usage)));
+        }
+    };
+    Ok(sse_response(payloads))
+}
+
+fn convert_message(index: usize, message: &ChatMessageIn) -> AppResult<ChatMessage> {
+    let role = match message.role.as_str() {
+        "system" | "developer" => "system",
+        "user" => "user",
+        "assistant" => "assistant",
+        other => {
+            return Err(AppError::bad_request(
+                format!("messages[{index}].role"),
+                format!(
+                    "unsupported role {other:?}; expected system, developer, user or assistant"
+                ),
+            ));
+        }
+    };
+    let content = match &message.content {
+        None => String::new(),
+        Some(MessageContent::Text(text)) => text.clone(),
+        Some(MessageContent::Parts(parts)) => {
+            let mut text = String::new();
+            for (p, part) in parts.iter().enumerate() {
+                match (part.kind.as_str(), &part.text) {
+                    ("text", Some(t)) => text.push_str(t),
+                    _ => {
+                        return Err(AppError::bad_request(
+                            format!("messages[{index}].content[{p}]"),
+                            format!(
+                                "content parts of type {:?} are not supported; only text",
+                                part.kind
+                            ),
+                        ));
+                    }
+                }
+            }
+            text
+        }
+    };
+    Ok(ChatMessage {
+        role: role.to_string(),
+        content,
+    })
+}

@@ -1,0 +1,243 @@
+//! What chat and completions share: turning OpenAI sampling fields into engine requests
+//! (one per choice, `n`), running them, recording metrics, and the SSE framing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use engine::{
+    ChatModel, Completion, FinishReason, GenerationEvent, GenerationRequest, GenerationStream,
+    SamplingParams,
+};
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::error::{AppError, AppResult};
+use crate::metrics::{GenerationRecord, Metrics};
+use crate::openai::types::{SamplingFields, StopField, Usage};
+
+const MAX_CHOICES: i64 = 16;
+
+/// Validated generation settings for one request.
+pub struct GenerationPlan {
+    pub requests: Vec<GenerationRequest>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub prompt_tokens: usize,
+}
+
+impl GenerationPlan {
+    pub fn new(model: &ChatModel, prompt: Vec<u32>, fields: SamplingFields) -> AppResult<Self> {
+        if fields.logprobs.as_ref().is_some_and(|v| {
+            !v.is_null() && v != &serde_json::Value::Bool(false) && v != &serde_json::json!(0)
+        }) {
+            return Err(AppError::bad_request(
+                "logprobs",
+                "logprobs are not supported yet",
+            ));
+        }
+        if fields
+            .top_logprobs
+            .as_ref()
+            .is_some_and(|v| !v.is_null() && v != &serde_json::json!(0))
+        {
+            return Err(AppError::bad_request(
+                "top_logprobs",
+                "logprobs are not supported yet",
+            ));
+        }
+        let n = fields.n.unwrap_or(1);
+        if !(1..=MAX_CHOICES).contains(&n) {
+            return Err(AppError::bad_request(
+                "n",
+                format!("must be between 1 and {MAX_CHOICES}"),
+            ));
+        }
+        let (max_field, max_value) = match (fields.max_completion_tokens, fields.max_tokens) {
+            (Some(v), _) => ("max_completion_tokens", Some(v)),
+            (None, v) => ("max_tokens", v),
+        };
+        let max_new_tokens = match max_value {
+            Some(v) if v < 1 => {
+                return Err(AppError::bad_request(max_field, "must be at least 1"));
+            }
+            Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
+            None => model.room_after(prompt.len()).max(1),
+        };
+        let top_k = match fields.top_k {
+            None | Some(-1) | Some(0) => 0,
+            Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
+            Some(_) => return Err(AppError::bad_request("top_k", "must be -1, 0 or positive")),
+        };
+        let seed = match fields.seed {
+            Some(s) => Some(s as u64),
+            None => None,
+        };
+        let sampling = SamplingParams {
+            temperature: fields.temperature.unwrap_or(1.0),
+            top_p: fields.top_p.unwrap_or(1.0),
+            top_k,
+            min_p: fields.min_p.unwrap_or(0.0),
+            seed,
+            presence_penalty: fields.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: fields.frequency_penalty.unwrap_or(0.0),
+            repetition_penalty: fields.repetition_penalty.unwrap_or(1.0),
+        };
+        let stop = match fields.stop {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s],
+            Some(StopField::Many(v)) => v,
+        };
+        let prompt_tokens = prompt.len();
+        let requests = (0..n as u64)
+            .map(|i| {
+                let mut sampling = sampling.clone();
+                // Choices of one seeded request differ from each other, yet repeat exactly.
+                sampling.seed = sampling.seed.map(|s| s.wrapping_add(i));
+                GenerationRequest {
+                    prompt: prompt.clone(),
+                    max_new_tokens,
+                    sampling,
+                    stop: stop.clone(),
+                    ignore_eos: fields.ignore_eos,
+                }
+            })
+            .collect();
+        Ok(Self {
+            requests,
+            stream: fields.stream,
+            include_usage: fields
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+            prompt_tokens,
+        })
+    }
+
+    /// Queues every choice; nothing is queued if any is refused.
+    pub fn submit(&mut self, model: &ChatModel) -> AppResult<Vec<GenerationStream>> {
+        let mut streams = Vec::with_capacity(self.requests.len());
+        for request in self.requests.drain(..) {
+            streams.push(model.generate(request)?);
+        }
+        Ok(streams)
+    }
+}
+
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        // An aborted sequence (server shutdown) was cut short, like a length limit.
+        FinishReason::Length | FinishReason::Aborted => "length",
+    }
+}
+
+/// One event of one choice.
+pub enum ChoiceEvent {
+    Text(usize, String),
+    Finished(usize, Completion),
+}
+
+/// Merges the choices' streams, recording metrics as each one finishes. An engine failure
+/// ends the stream with an error.
+pub fn merge_choices(
+    streams: Vec<GenerationStream>,
+    metrics: Arc<Metrics>,
+    model: String,
+) -> impl Stream<Item = Result<ChoiceEvent, AppError>> + Send + 'static {
+    let tagged = streams.into_iter().enumerate().map(|(index, stream)| {
+        UnboundedReceiverStream::new(stream).map(move |event| (index, event))
+    });
+    futures::stream::select_all(tagged).map(move |(index, event)| match event {
+        GenerationEvent::Text(text) => Ok(ChoiceEvent::Text(index, text)),
+        GenerationEvent::Finished(completion) => {
+            metrics.record_generation(&GenerationRecord {
+                model: &model,
+                prompt_tokens: completion.prompt_tokens,
+                completion_tokens: completion.completion_tokens,
+                queued: completion.timings.queued,
+                first_token: completion.timings.first_token,
+                total: completion.timings.total,
+                finish_reason: finish_reason(completion.reason),
+            });
+            Ok(ChoiceEvent::Finished(index, completion))
+        }
+        GenerationEvent::Failed(error) => Err(AppError::from(error)),
+    })
+}
+
+/// Collected output of a non-streamed request.
+pub struct Collected {
+    pub choices: Vec<(String, &'static str)>,
+    pub usage: Usage,
+}
+
+pub async fn collect(
+    n: usize,
+    events: impl Stream<Item = Result<ChoiceEvent, AppError>>,
+) -> AppResult<Collected> {
+    let mut texts = vec![String::new(); n];
+    let mut reasons = vec!["length"; n];
+    let mut completion_tokens = 0;
+    let mut prompt_tokens = 0;
+    let mut finished = 0;
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        match event? {
+            ChoiceEvent::Text(i, text) => texts[i].push_str(&text),
+            ChoiceEvent::Finished(i, completion) => {
+                reasons[i] = finish_reason(completion.reason);
+                completion_tokens += completion.completion_tokens;
+                prompt_tokens = completion.prompt_tokens;
+                finished += 1;
+            }
+        }
+    }
+    if finished < n {
+        return Err(AppError::Unavailable {
+            message: "the engine stopped before the generation finished".into(),
+            retry_after_secs: 5,
+        });
+    }
+    Ok(Collected {
+        choices: texts.into_iter().zip(reasons).collect(),
+        usage: Usage::new(prompt_tokens, completion_tokens),
+    })
+}
+
+/// Frames JSON payloads as `data:` events and ends with `data: [DONE]`. An error mid-way
+/// becomes a final `data: {"error": ...}` event, as OpenAI does.
+pub fn sse_response(
+    payloads: impl Stream<Item = Result<serde_json::Value, AppError>> + Send + 'static,
+) -> Response {
+    let events = payloads
+        .map(|payload| {
+            let value = match payload {
+                Ok(value) => value,
+                Err(error) => error_payload(error),
+            };
+            Ok::<Event, Infallible>(Event::default().data(value.to_string()))
+        })
+        .chain(futures::stream::once(async {
+            Ok::<Event, Infallible>(Event::default().data("[DONE]"))
+        }));
+    Sse::new(events).into_response()
+}
+
+fn error_payload(error: AppError) -> serde_json::Value {
+    let message = match &error {
+        AppError::Internal(e) => {
+            tracing::error!(error = format!("{e:#}"), "generation failed mid-stream");
+            "internal server error".to_string()
+        }
+        other => other.to_string(),
+    };
+    serde_json::json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}})
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,10 @@
+//! The OpenAI-compatible API: wire types, and handlers for models, chat completions,
+//! completions and embeddings.
+
+pub mod chat;
+pub mod completions;
+pub mod embeddings;
+mod generation;
+pub mod json;
+pub mod models;
+pub mod types;

@@ -1,0 +1,30 @@
+//! `AppState`: what every handler can reach — the loaded models (filled once loading
+//! finishes), the store and the metrics.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::error::{AppError, AppResult};
+use crate::metrics::Metrics;
+use crate::models::ModelRegistry;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub models: Arc<OnceLock<Arc<ModelRegistry>>>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// The models, or a 503 while they are still loading.
+    pub fn models(&self) -> AppResult<Arc<ModelRegistry>> {
+        self.models
+            .get()
+            .cloned()
+            .ok_or_else(AppError::models_loading)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.models.get().is_some()
+    }
+}

@@ -1,0 +1,64 @@
+//! The embedded store: SQLite in the data directory (WAL mode), with versioned migrations.
+//! Each capability adds its own tables and methods here behind `Store`; a Postgres backend
+//! joins it as a second variant when the cluster mode arrives.
+
+mod conversations;
+mod migrations;
+
+pub use conversations::{Conversation, ConversationWithMessages, StoredMessage};
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use parking_lot::Mutex;
+use rusqlite::Connection;
+
+#[derive(Clone)]
+pub struct Store {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let path = data_dir.join("agentbox.db");
+        let mut connection = Connection::open(&path)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .context("enabling WAL")?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .context("setting synchronous")?;
+        connection
+            .pragma_update(None, "foreign_keys", "ON")
+            .context("enabling foreign keys")?;
+        migrations::run(&mut connection)
+            .with_context(|| format!("migrating database {}", path.display()))?;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    async fn with_connection<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || f(&mut connection.lock()))
+            .await
+            .context("database task panicked")?
+    }
+
+    /// Checkpoints the WAL into the main file; called at shutdown.
+    pub fn close(&self) -> anyhow::Result<()> {
+        self.connection
+            .lock()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .context("checkpointing the database")
+    }
+}

@@ -1,0 +1,35 @@
+//! agentbox's inference engine: loads Llama-family chat models (GGUF or safetensors) and
+//! BERT embedders, and serves generations through a continuous-batching scheduler.
+//!
+//! This crate does no network I/O and knows no wire format: `app` converts its plain Rust
+//! types to and from OpenAI's JSON.
+
+pub mod error;
+pub mod formats;
+pub mod model;
+pub mod sampling;
+pub mod scheduler;
+pub mod tokenizer;
+
+mod chat_model;
+
+pub use chat_model::{ChatModel, ModelSource};
+pub use error::{EngineError, ErrorClass, Result};
+pub use formats::chat_template::ChatMessage;
+pub use model::bert::SentenceEmbedder;
+pub use sampling::SamplingParams;
+pub use scheduler::{
+    Completion, FinishReason, GenerationEvent, GenerationRequest, GenerationStream,
+    GenerationTimings, SchedulerOptions, SchedulerStats,
+};
+
+/// Sets the number of CPU threads the tensor kernels use. Call once, before loading models.
+pub fn set_cpu_threads(threads: usize) -> Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| EngineError::InvalidParameter {
+            param: "threads",
+            message: e.to_string(),
+        })
+}

@@ -1,0 +1,338 @@
+//! The Llama-family decoder (Llama 2/3, SmolLM2, TinyLlama, Mistral, Qwen2 with its
+//! attention biases). One forward pass takes a batch of sequence segments of any lengths:
+//! prefill chunks and single decode tokens share the matrix multiplications, and attention
+//! runs per segment against that sequence's own KV cache.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::formats::gguf::GgufFile;
+use crate::model::config::{LlamaConfig, RopeStyle};
+use crate::model::kv_cache::SequenceKv;
+use crate::model::weights::{Embedding, Linear, dense_f32};
+
+struct Layer {
+    attn_norm: Tensor,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    ffn_norm: Tensor,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+pub struct LlamaModel {
+    config: LlamaConfig,
+    embed_tokens: Embedding,
+    layers: Vec<Layer>,
+    final_norm: Tensor,
+    lm_head: Linear,
+    /// `[context_length, head_dim / 2]`
+    rope_cos: Tensor,
+    rope_sin: Tensor,
+}
+
+/// One sequence's share of a forward pass: `tokens` continue its cache at `kv.len()`.
+pub struct Segment<'a> {
+    pub kv: &'a mut SequenceKv,
+    pub tokens: &'a [u32],
+}
+
+impl LlamaModel {
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let config = LlamaConfig::from_gguf(gguf)?;
+        let qtensor = |name: &str| gguf.tensor(name).map(Arc::new);
+        let optional_dense = |name: &str| -> Result<Option<Tensor>> {
+            if gguf.has_tensor(name) {
+                Ok(Some(dense_f32(&gguf.tensor(name)?)?))
+            } else {
+                Ok(None)
+            }
+        };
+        let linear = |prefix: &str| -> Result<Linear> {
+            Linear::quantized(
+                qtensor(&format!("{prefix}.weight"))?,
+                optional_dense(&format!("{prefix}.bias"))?,
+            )
+        };
+        let token_embd = qtensor("token_embd.weight")?;
+        let lm_head = if gguf.has_tensor("output.weight") {
+            linear("output")?
+        } else {
+            // Tied embeddings (SmolLM2, Qwen2-0.5B): reuse the token table.
+            Linear::quantized(token_embd.clone(), None)?
+        };
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("blk.{i}");
+            layers.push(Layer {
+                attn_norm: dense_f32(&gguf.tensor(&format!("{p}.attn_norm.weight"))?)?,
+                q_proj: linear(&format!("{p}.attn_q"))?,
+                k_proj: linear(&format!("{p}.attn_k"))?,
+                v_proj: linear(&format!("{p}.attn_v"))?,
+                o_proj: linear(&format!("{p}.attn_output"))?,
+                ffn_norm: dense_f32(&gguf.tensor(&format!("{p}.ffn_norm.weight"))?)?,
+                gate_proj: linear(&format!("{p}.ffn_gate"))?,
+                up_proj: linear(&format!("{p}.ffn_up"))?,
+                down_proj: linear(&format!("{p}.ffn_down"))?,
+            });
+        }
+        let rope_freq_factors = optional_dense("rope_freqs.weight")?;
+        let (rope_cos, rope_sin) = rope_tables(&config, rope_freq_factors.as_ref())?;
+        Ok(Self {
+            embed_tokens: Embedding::Quantized(token_embd),
+            final_norm: dense_f32(&gguf.tensor("output_norm.weight")?)?,
+            lm_head,
+            layers,
+            rope_cos,
+            rope_sin,
+            config,
+        })
+    }
+
+    /// A Hugging Face checkpoint directory: `config.json` and `*.safetensors`.
+    pub fn from_safetensors_dir(dir: &Path) -> Result<Self> {
+        let config = LlamaConfig::from_hf_config(&dir.join("config.json"))?;
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|source| EngineError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|ext| ext == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(EngineError::bad_model(dir, "no *.safetensors files"));
+        }
+        // SAFETY: read-only mappings of files we do not modify.
+        let st = unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| EngineError::bad_model(dir, format!("safetensors: {e}")))?;
+        let has = |name: &str| st.get(name).is_ok();
+        let load = |name: &str| -> Result<Tensor> {
+            st.load(name, &Device::Cpu)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .map_err(|e| EngineError::bad_model(dir, format!("tensor {name}: {e}")))
+        };
+        let linear = |prefix: &str| -> Result<Linear> {
+            let bias_name = format!("{prefix}.bias");
+            let bias = if has(&bias_name) {
+                Some(load(&bias_name)?)
+            } else {
+                None
+            };
+            Linear::dense(load(&format!("{prefix}.weight"))?, bias)
+        };
+        let embed = load("model.embed_tokens.weight")?;
+        let lm_head = if has("lm_head.weight") {
+            linear("lm_head")?
+        } else {
+            Linear::dense(embed.clone(), None)?
+        };
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                attn_norm: load(&format!("{p}.input_layernorm.weight"))?,
+                q_proj: linear(&format!("{p}.self_attn.q_proj"))?,
+                k_proj: linear(&format!("{p}.self_attn.k_proj"))?,
+                v_proj: linear(&format!("{p}.self_attn.v_proj"))?,
+                o_proj: linear(&format!("{p}.self_attn.o_proj"))?,
+                ffn_norm: load(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate_proj: linear(&format!("{p}.mlp.gate_proj"))?,
+                up_proj: linear(&format!("{p}.mlp.up_proj"))?,
+                down_proj: linear(&format!("{p}.mlp.down_proj"))?,
+            });
+        }
+        let (rope_cos, rope_sin) = rope_tables(&config, None)?;
+        Ok(Self {
+            embed_tokens: Embedding::Dense(embed),
+            final_norm: load("model.norm.weight")?,
+            lm_head,
+            layers,
+            rope_cos,
+            rope_sin,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn new_sequence_kv(&self) -> SequenceKv {
+        SequenceKv::new(self.config.n_layers)
+    }
+
+    /// Runs the segments through the model and returns the logits of each segment's last
+    /// token, `[segments.len(), vocab]`. Every segment's cache grows by its token count.
+    pub fn forward(&self, segments: &mut [Segment<'_>]) -> Result<Tensor> {
+        let cfg = &self.config;
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut last_rows = Vec::with_capacity(segments.len());
+        for seg in segments.iter() {
+            if seg.tokens.is_empty() {
+                return Err(EngineError::InvalidParameter {
+                    param: "tokens",
+                    message: "empty segment".into(),
+                });
+            }
+            let start = seg.kv.len();
+            if start + seg.tokens.len() > cfg.context_length {
+                return Err(EngineError::InputTooLong {
+                    len: start + seg.tokens.len(),
+                    limit: cfg.context_length,
+                });
+            }
+            ids.extend_from_slice(seg.tokens);
+            positions.extend((start..start + seg.tokens.len()).map(|p| p as u32));
+            last_rows.push((ids.len() - 1) as u32);
+        }
+        let n = ids.len();
+        let device = Device::Cpu;
+        let ids = Tensor::from_vec(ids, n, &device)?;
+        let positions = Tensor::from_vec(positions, n, &device)?;
+        let cos = self.rope_cos.index_select(&positions, 0)?;
+        let sin = self.rope_sin.index_select(&positions, 0)?;
+
+        let mut hidden = self.embed_tokens.forward(&ids)?;
+        for (layer_idx, layer) in self.layers.iter().enumerate() {
+            let normed =
+                candle_nn::ops::rms_norm(&hidden, &layer.attn_norm, cfg.rms_norm_eps as f32)?;
+            let q = self.rope(&layer.q_proj.forward(&normed)?, cfg.n_heads, &cos, &sin)?;
+            let k = self.rope(&layer.k_proj.forward(&normed)?, cfg.n_kv_heads, &cos, &sin)?;
+            let v = layer
+                .v_proj
+                .forward(&normed)?
+                .reshape((n, cfg.n_kv_heads, cfg.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let mut outputs = Vec::with_capacity(segments.len());
+            let mut offset = 0;
+            for seg in segments.iter_mut() {
+                let len = seg.tokens.len();
+                let q = q.narrow(1, offset, len)?;
+                let k = k.narrow(1, offset, len)?.contiguous()?;
+                let v = v.narrow(1, offset, len)?.contiguous()?;
+                let start = seg.kv.len();
+                let (keys, values) = seg.kv.append(layer_idx, &k, &v)?;
+                outputs.push(self.attention(&q, &keys, &values, start)?);
+                offset += len;
+            }
+            let attn = Tensor::cat(&outputs, 0)?;
+            hidden = (hidden + layer.o_proj.forward(&attn)?)?;
+
+            let normed =
+                candle_nn::ops::rms_norm(&hidden, &layer.ffn_norm, cfg.rms_norm_eps as f32)?;
+            let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&normed)?)?;
+            let up = layer.up_proj.forward(&normed)?;
+            hidden = (hidden + layer.down_proj.forward(&(gate * up)?)?)?;
+        }
+        for seg in segments.iter_mut() {
+            seg.kv.advance(seg.tokens.len());
+        }
+        let last_rows = Tensor::from_vec(last_rows, segments.len(), &device)?;
+        let last = hidden.index_select(&last_rows, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.final_norm, cfg.rms_norm_eps as f32)?;
+        self.lm_head.forward(&last)
+    }
+
+    /// `[n, heads * head_dim] -> [heads, n, head_dim]`, rotated by position.
+    fn rope(&self, xs: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let n = xs.dim(0)?;
+        let xs = xs
+            .reshape((1, n, heads, self.config.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let rotated = match self.config.rope_style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&xs, cos, sin)?,
+            RopeStyle::Halves => candle_nn::rotary_emb::rope(&xs, cos, sin)?,
+        };
+        Ok(rotated.squeeze(0)?)
+    }
+
+    /// Causal attention of `q` `[heads, t, d]` over a sequence's whole cache
+    /// `[kv_heads, start + t, d]`; returns `[t, heads * d]`.
+    fn attention(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        start: usize,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (heads, t, d) = q.dims3()?;
+        let group = heads / cfg.n_kv_heads;
+        let total = start + t;
+        // Grouped-query attention without copying K/V: fold each group's heads into rows.
+        let q = q.contiguous()?.reshape((cfg.n_kv_heads, group * t, d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+        if t > 1 {
+            let mask: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    (0..total).map(move |j| {
+                        if j <= start + i {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (t, total), &Device::Cpu)?;
+            scores = scores
+                .reshape((cfg.n_kv_heads, group, t, total))?
+                .broadcast_add(&mask)?
+                .reshape((cfg.n_kv_heads, group * t, total))?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&values.contiguous()?)?;
+        Ok(out
+            .reshape((heads, t, d))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((t, heads * d))?)
+    }
+}
+
+fn rope_tables(config: &LlamaConfig, freq_factors: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    let half = config.head_dim / 2;
+    let factors: Vec<f32> = match freq_factors {
+        Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
+        None => vec![1.0; half],
+    };
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| {
+            let base = 1.0
+                / config
+                    .rope_theta
+                    .powf((2 * i) as f32 / config.head_dim as f32);
+            base / factors.get(i).copied().unwrap_or(1.0)
+        })
+        .collect();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, half), &Device::Cpu)?;
+    let positions = Tensor::arange(0u32, config.context_length as u32, &Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .reshape((config.context_length, 1))?;
+    let angles = positions.matmul(&inv_freq)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+/// The index of the largest logit; ties go to the lowest index, as in llama.cpp.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,8 @@
+//! Model definitions: the Llama-family decoder (one forward pass over a batch of
+//! sequences) and the BERT sentence embedder.
+
+pub mod bert;
+pub mod config;
+pub mod kv_cache;
+pub mod llama;
+mod weights;

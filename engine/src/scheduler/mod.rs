@@ -1,0 +1,339 @@
+//! Continuous batching. One engine thread owns the model and every sequence's KV cache.
+//! Each step it admits waiting requests, runs one forward pass over all running sequences
+//! (prefill chunks and decode tokens together), samples, and streams text back. Requests
+//! join and leave between steps; a client that drops its stream cancels its sequence.
+
+mod sequence;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::error::{EngineError, Result};
+use crate::model::llama::{LlamaModel, Segment};
+use crate::sampling::SamplingParams;
+use crate::tokenizer::TextTokenizer;
+use sequence::{Sequence, StepOutcome};
+
+/// Limits of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// Sequences decoded together in one step.
+    pub max_running: usize,
+    /// Requests that may wait for a slot before new ones are turned away.
+    pub max_waiting: usize,
+    /// Tokens in one forward pass; long prompts are prefilled in chunks of this size.
+    pub max_batched_tokens: usize,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        Self {
+            max_running: 32,
+            max_waiting: 256,
+            max_batched_tokens: 512,
+        }
+    }
+}
+
+/// What to generate. The prompt is already tokenized and checked against the context.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    /// Keep going past end-of-turn tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End of turn, or a stop string.
+    Stop,
+    /// `max_new_tokens` reached.
+    Length,
+    /// The server is shutting down and cut the sequence short.
+    Aborted,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenerationTimings {
+    /// From submission to the first forward pass that included the sequence.
+    pub queued: Duration,
+    /// From submission to the first generated token.
+    pub first_token: Duration,
+    /// From submission to the end.
+    pub total: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub timings: GenerationTimings,
+}
+
+#[derive(Debug)]
+pub enum GenerationEvent {
+    /// Newly generated text (never empty).
+    Text(String),
+    Finished(Completion),
+    Failed(EngineError),
+}
+
+/// The receiving end of a generation. Dropping it cancels the sequence.
+pub type GenerationStream = mpsc::UnboundedReceiver<GenerationEvent>;
+
+enum Command {
+    Submit(Box<Sequence>),
+    /// Finish every sequence still running after `deadline`, then stop.
+    Shutdown {
+        deadline: Instant,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    running: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SchedulerStats {
+    pub running: usize,
+    pub waiting: usize,
+}
+
+/// A cheap, cloneable handle to the engine thread.
+#[derive(Clone)]
+pub struct Scheduler {
+    commands: std_mpsc::Sender<Command>,
+    counters: Arc<Counters>,
+    options: SchedulerOptions,
+    thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Scheduler {
+    pub fn start(
+        model: Arc<LlamaModel>,
+        tokenizer: Arc<TextTokenizer>,
+        options: SchedulerOptions,
+    ) -> Result<Self> {
+        let (commands, inbox) = std_mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let worker = Worker {
+            model,
+            tokenizer,
+            options: options.clone(),
+            counters: counters.clone(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            shutdown_deadline: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || worker.run(inbox))
+            .map_err(|source| EngineError::Io {
+                path: "engine thread".into(),
+                source,
+            })?;
+        Ok(Self {
+            commands,
+            counters,
+            options,
+            thread: Arc::new(parking_lot::Mutex::new(Some(thread))),
+        })
+    }
+
+    pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream> {
+        let waiting = self.counters.waiting.load(Ordering::Relaxed);
+        if waiting >= self.options.max_waiting {
+            return Err(EngineError::QueueFull {
+                limit: self.options.max_waiting,
+            });
+        }
+        let (events, stream) = mpsc::unbounded_channel();
+        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        let sequence = Box::new(Sequence::new(request, events));
+        self.commands
+            .send(Command::Submit(sequence))
+            .map_err(|_| EngineError::Stopped)?;
+        Ok(stream)
+    }
+
+    pub fn stats(&self) -> SchedulerStats {
+        SchedulerStats {
+            running: self.counters.running.load(Ordering::Relaxed),
+            waiting: self.counters.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Lets running sequences finish until `grace` has passed, aborts the rest, and waits
+    /// for the engine thread to exit.
+    pub fn shutdown(&self, grace: Duration) {
+        let _ = self.commands.send(Command::Shutdown {
+            deadline: Instant::now() + grace,
+        });
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Worker {
+    model: Arc<LlamaModel>,
+    tokenizer: Arc<TextTokenizer>,
+    options: SchedulerOptions,
+    counters: Arc<Counters>,
+    waiting: VecDeque<Box<Sequence>>,
+    running: Vec<Box<Sequence>>,
+    shutdown_deadline: Option<Instant>,
+}
+
+impl Worker {
+    fn run(mut self, inbox: std_mpsc::Receiver<Command>) {
+        loop {
+            let idle = self.running.is_empty() && self.waiting.is_empty();
+            if idle && self.shutdown_deadline.is_some() {
+                return;
+            }
+            if idle {
+                match inbox.recv() {
+                    Ok(command) => self.handle(command),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(command) = inbox.try_recv() {
+                self.handle(command);
+            }
+            if let Some(deadline) = self.shutdown_deadline
+                && Instant::now() >= deadline
+            {
+                self.abort_all();
+                return;
+            }
+            self.step();
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit(sequence) => {
+                if self.shutdown_deadline.is_some() {
+                    sequence.fail(EngineError::Stopped);
+                } else {
+                    self.waiting.push_back(sequence);
+                }
+            }
+            Command::Shutdown { deadline } => self.shutdown_deadline = Some(deadline),
+        }
+    }
+
+    fn step(&mut self) {
+        self.drop_cancelled();
+        while self.running.len() < self.options.max_running {
+            let Some(mut sequence) = self.waiting.pop_front() else {
+                break;
+            };
+            sequence.admit(&self.model);
+            self.running.push(sequence);
+        }
+        self.publish_counts();
+        if self.running.is_empty() {
+            return;
+        }
+
+        let _span = tracing::trace_span!("engine_step", running = self.running.len()).entered();
+        // Decode tokens first, then prefill chunks with what is left of the token budget.
+        let mut budget = self.options.max_batched_tokens;
+        let mut plans: Vec<(usize, usize)> = Vec::new(); // (running index, token count)
+        for (i, seq) in self.running.iter().enumerate() {
+            if seq.is_decoding() {
+                plans.push((i, 1));
+                budget = budget.saturating_sub(1);
+            }
+        }
+        for (i, seq) in self.running.iter().enumerate() {
+            if !seq.is_decoding() && budget > 0 {
+                let take = seq.prefill_remaining().min(budget);
+                plans.push((i, take));
+                budget -= take;
+            }
+        }
+        plans.sort_unstable();
+
+        let now = Instant::now();
+        let result = {
+            let mut segments: Vec<Segment<'_>> = Vec::with_capacity(plans.len());
+            let mut plan_iter = plans.iter().peekable();
+            for (i, seq) in self.running.iter_mut().enumerate() {
+                if let Some(&&(idx, count)) = plan_iter.peek()
+                    && idx == i
+                {
+                    plan_iter.next();
+                    seq.mark_scheduled(now);
+                    segments.push(seq.segment(count));
+                }
+            }
+            self.model.forward(&mut segments)
+        };
+        let logits = match result.and_then(|l| Ok(l.to_vec2::<f32>()?)) {
+            Ok(logits) => logits,
+            Err(error) => {
+                tracing::error!(error = %error, "forward pass failed; failing the batch");
+                let message = error.to_string();
+                for (i, _) in plans.iter().rev() {
+                    let seq = self.running.swap_remove(*i);
+                    seq.fail(EngineError::ForwardFailed(message.clone()));
+                }
+                self.publish_counts();
+                return;
+            }
+        };
+
+        let mut finished = Vec::new();
+        for ((i, _), mut row) in plans.iter().zip(logits) {
+            let seq = &mut self.running[*i];
+            if seq.is_decoding() {
+                if let StepOutcome::Finished = seq.accept_logits(&mut row, &self.tokenizer) {
+                    finished.push(*i);
+                }
+            }
+        }
+        for i in finished.into_iter().rev() {
+            self.running.swap_remove(i);
+        }
+        self.publish_counts();
+    }
+
+    fn drop_cancelled(&mut self) {
+        self.waiting.retain(|s| !s.is_cancelled());
+        self.running.retain(|s| !s.is_cancelled());
+    }
+
+    fn abort_all(&mut self) {
+        for seq in self.running.drain(..) {
+            seq.abort();
+        }
+        for seq in self.waiting.drain(..) {
+            seq.fail(EngineError::Stopped);
+        }
+        self.publish_counts();
+    }
+
+    /// Publishes exact counts; between publications `submit` only adds to `waiting`.
+    fn publish_counts(&self) {
+        self.counters
+            .running
+            .store(self.running.len(), Ordering::Relaxed);
+        self.counters
+            .waiting
+            .store(self.waiting.len(), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,170 @@
+//! `Sequence`: one request inside the engine thread — its KV cache, sampler,
+//! detokenizer and stop matcher, and the channel its text goes out on.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::error::EngineError;
+use crate::model::kv_cache::SequenceKv;
+use crate::model::llama::{LlamaModel, Segment};
+use crate::sampling::{Sampler, StopMatcher, StopOutcome};
+use crate::scheduler::{
+    Completion, FinishReason, GenerationEvent, GenerationRequest, GenerationTimings,
+};
+use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
+
+pub(super) enum StepOutcome {
+    Continue,
+    Finished,
+}
+
+pub(super) struct Sequence {
+    request: GenerationRequest,
+    events: mpsc::UnboundedSender<GenerationEvent>,
+    submitted: Instant,
+    first_scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+    /// Allocated on admission.
+    kv: Option<SequenceKv>,
+    /// All tokens fed or to be fed: the prompt, then each sampled token.
+    tokens: Vec<u32>,
+    generated: usize,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stop: StopMatcher,
+}
+
+impl Sequence {
+    pub(super) fn new(
+        request: GenerationRequest,
+        events: mpsc::UnboundedSender<GenerationEvent>,
+    ) -> Self {
+        let sampler = Sampler::new(request.sampling.clone(), &request.prompt);
+        let stop = StopMatcher::new(request.stop.clone());
+        Self {
+            tokens: request.prompt.clone(),
+            request,
+            events,
+            submitted: Instant::now(),
+            first_scheduled: None,
+            first_token: None,
+            kv: None,
+            generated: 0,
+            sampler,
+            decoder: IncrementalDecoder::default(),
+            stop,
+        }
+    }
+
+    pub(super) fn admit(&mut self, model: &LlamaModel) {
+        self.kv = Some(model.new_sequence_kv());
+    }
+
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    fn cached(&self) -> usize {
+        self.kv.as_ref().map_or(0, SequenceKv::len)
+    }
+
+    /// True once the whole prompt is in the cache: the next step feeds one sampled token.
+    pub(super) fn is_decoding(&self) -> bool {
+        self.cached() + 1 >= self.tokens.len() && self.cached() >= self.request.prompt.len()
+    }
+
+    pub(super) fn prefill_remaining(&self) -> usize {
+        self.tokens.len() - self.cached()
+    }
+
+    pub(super) fn mark_scheduled(&mut self, now: Instant) {
+        self.first_scheduled.get_or_insert(now);
+    }
+
+    /// The next `count` uncached tokens, as a forward-pass segment.
+    pub(super) fn segment(&mut self, count: usize) -> Segment<'_> {
+        let start = self.cached();
+        let kv = self.kv.get_or_insert_with(|| SequenceKv::new(0));
+        Segment {
+            kv,
+            tokens: &self.tokens[start..start + count],
+        }
+    }
+
+    /// Samples from the logits of the last fed token and streams the result.
+    pub(super) fn accept_logits(
+        &mut self,
+        logits: &mut [f32],
+        tokenizer: &TextTokenizer,
+    ) -> StepOutcome {
+        let token = self.sampler.sample(logits);
+        self.generated += 1;
+        let now = Instant::now();
+        self.first_token.get_or_insert(now);
+
+        let end_of_turn =
+            !self.request.ignore_eos && tokenizer.special().end_of_turn.contains(&token);
+        if end_of_turn {
+            let tail = self.stop.finish();
+            self.send_text(tail);
+            return self.finish(FinishReason::Stop);
+        }
+        self.tokens.push(token);
+        let text = match self.decoder.push(tokenizer, token) {
+            Ok(text) => text,
+            Err(error) => {
+                let _ = self.events.send(GenerationEvent::Failed(error));
+                return StepOutcome::Finished;
+            }
+        };
+        match self.stop.push(&text) {
+            StopOutcome::Stopped(text) => {
+                self.send_text(text);
+                self.finish(FinishReason::Stop)
+            }
+            StopOutcome::Continue(text) => {
+                self.send_text(text);
+                if self.generated >= self.request.max_new_tokens {
+                    let tail = self.stop.finish();
+                    self.send_text(tail);
+                    self.finish(FinishReason::Length)
+                } else {
+                    StepOutcome::Continue
+                }
+            }
+        }
+    }
+
+    fn send_text(&self, text: String) {
+        if !text.is_empty() {
+            let _ = self.events.send(GenerationEvent::Text(text));
+        }
+    }
+
+    fn finish(&self, reason: FinishReason) -> StepOutcome {
+        let now = Instant::now();
+        let completion = Completion {
+            reason,
+            prompt_tokens: self.request.prompt.len(),
+            completion_tokens: self.generated,
+            timings: GenerationTimings {
+                queued: self.first_scheduled.unwrap_or(now) - self.submitted,
+                first_token: self.first_token.unwrap_or(now) - self.submitted,
+                total: now - self.submitted,
+            },
+        };
+        let _ = self.events.send(GenerationEvent::Finished(completion));
+        StepOutcome::Finished
+    }
+
+    pub(super) fn abort(mut self: Box<Self>) {
+        let tail = self.stop.finish();
+        self.send_text(tail);
+        self.finish(FinishReason::Aborted);
+    }
+
+    pub(super) fn fail(self: Box<Self>, error: EngineError) {
+        let _ = self.events.send(GenerationEvent::Failed(error));
+    }
+}

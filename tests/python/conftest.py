@@ -1,0 +1,159 @@
+"""Pytest fixtures that start a real `agentbox serve` process for the Python client tests.
+
+Owns the session-scoped `server` fixture (binary lookup, free port, data dir, log capture,
+readiness polling on /health/ready, graceful SIGTERM shutdown that must exit 0) and the
+`client` fixture (an `openai.OpenAI` client pointed at the server's /v1). Shared by
+test_openai_sdk.py and test_browser_chat.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 120.0
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def _find_binary() -> Path:
+    if os.environ.get("AGENTBOX_BIN"):
+        path = Path(os.environ["AGENTBOX_BIN"])
+        source = "AGENTBOX_BIN"
+    elif os.environ.get("CARGO_TARGET_DIR"):
+        path = Path(os.environ["CARGO_TARGET_DIR"]) / "release" / "agentbox"
+        source = "$CARGO_TARGET_DIR/release/agentbox"
+    else:
+        path = Path.home() / ".cache" / "agentbox-target" / "release" / "agentbox"
+        source = "~/.cache/agentbox-target/release/agentbox"
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.fail(
+            f"agentbox binary not found or not executable at {path} (from {source}). "
+            "Build it with `cargo build --release -p app` or set AGENTBOX_BIN.",
+            pytrace=False,
+        )
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(path: Path, lines: int = 60) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        return f"<could not read {path}: {e}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclasses.dataclass
+class Server:
+    base_url: str
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen
+    port: int
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    binary = _find_binary()
+    tmp = tmp_path_factory.mktemp("agentbox")
+    data_dir = tmp / "data"
+    data_dir.mkdir()
+    log_path = tmp / "server.log"
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+
+    env = dict(os.environ)
+    env["AGENTBOX_MODELS_DIR"] = os.environ.get("AGENTBOX_MODELS_DIR") or str(REPO_ROOT / "models")
+
+    cmd = [str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+    log_file = open(log_path, "wb")
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=str(tmp),
+    )
+
+    def kill_and_fail(reason: str) -> None:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        log_file.close()
+        pytest.fail(
+            f"{reason}\ncommand: {' '.join(cmd)}\nlog {log_path} (tail):\n{_log_tail(log_path)}",
+            pytrace=False,
+        )
+
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last_status = "no response"
+    while True:
+        code = proc.poll()
+        if code is not None:
+            kill_and_fail(f"agentbox exited with code {code} before becoming ready")
+        try:
+            r = httpx.get(base_url + "/health/ready", timeout=2.0)
+            if r.status_code == 200:
+                break
+            last_status = f"HTTP {r.status_code}: {r.text[:200]}"
+        except httpx.HTTPError as e:
+            last_status = repr(e)
+        if time.monotonic() > deadline:
+            kill_and_fail(
+                f"agentbox not ready after {READY_TIMEOUT_S:.0f}s (last /health/ready: {last_status})"
+            )
+        time.sleep(0.25)
+
+    yield Server(base_url=base_url, data_dir=data_dir, log_path=log_path, process=proc, port=port)
+
+    # Graceful shutdown is a requirement: SIGTERM must lead to exit code 0.
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+            log_file.close()
+            pytest.fail(
+                f"agentbox did not exit within {SHUTDOWN_TIMEOUT_S:.0f}s of SIGTERM\n"
+                f"log tail:\n{_log_tail(log_path)}",
+                pytrace=False,
+            )
+    else:
+        code = proc.returncode
+    log_file.close()
+    assert code == 0, (
+        f"agentbox exited with code {code} after SIGTERM (expected 0)\nlog tail:\n{_log_tail(log_path)}"
+    )
+
+
+@pytest.fixture(scope="session")
+def client(server: Server):
+    import openai
+
+    c = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=300.0)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def http(server: Server):
+    """A raw httpx client for checking wire-level JSON shapes."""
+    with httpx.Client(base_url=server.base_url, timeout=300.0) as c:
+        yield c
