@@ -46,6 +46,12 @@ wasm-bindgen --target web --no-typescript --out-dir "$staging" \
 # 5. Static files.
 cp ui/index.html ui/style.css "$staging/"
 
-rm -rf "$dist"
-mv "$staging" "$dist"
-echo "build-ui: wrote $repo_root/$dist"
+# Leave an unchanged ui/dist untouched: its mtimes decide whether the app re-embeds it.
+if diff -rq "$staging" "$dist" >/dev/null 2>&1; then
+    rm -rf "$staging"
+    echo "build-ui: $repo_root/$dist is up to date"
+else
+    rm -rf "$dist"
+    mv "$staging" "$dist"
+    echo "build-ui: wrote $repo_root/$dist"
+fi

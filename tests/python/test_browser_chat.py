@@ -139,11 +139,10 @@ def test_chat_streams_stops_and_survives_reload(page: Page, server) -> None:
     samples = page.evaluate("window.__samples")
     streaming_lengths = [s["len"] for s in samples if s["streaming"] and s["count"] == 1 and s["len"] > 0]
     assert streaming_lengths, f"assistant text never seen while streaming; samples: {samples[-20:]}"
-    assert len(set(streaming_lengths)) >= 2, f"assistant text did not grow while streaming: {streaming_lengths}"
-    assert streaming_lengths == sorted(streaming_lengths), f"assistant text shrank: {streaming_lengths}"
+    # Not strictly monotonic: re-rendering Markdown can hide markup ("**" before "**bold**").
+    assert streaming_lengths[-1] > streaming_lengths[0], f"assistant text did not grow while streaming: {streaming_lengths}"
     first_reply = assistant_text(page, 0)
     assert first_reply.strip(), "the first reply ended empty"
-    assert len(first_reply) >= max(streaming_lengths)
     page.screenshot(path=str(ARTIFACTS / "chat.png"))
 
     # 2. A long story, stopped as soon as text appears: the partial reply stays and stops growing.
