@@ -4,6 +4,7 @@
 //! This crate does no network I/O and knows no wire format: `app` converts its plain Rust
 //! types to and from OpenAI's JSON.
 
+pub mod backend;
 pub mod error;
 pub mod formats;
 pub mod model;

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::Device;
 use candle_core::quantized::QTensor;
@@ -10,11 +11,12 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use memmap2::Mmap;
 
 use crate::error::{EngineError, Result};
+use crate::formats::mapped;
 
-/// An open GGUF file. The tensor data stays in the page cache through the mapping.
+/// An open GGUF file. Quantized weights are used in place through the mapping.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     content: Content,
 }
 
@@ -34,7 +36,7 @@ impl GgufFile {
             .map_err(|e| EngineError::bad_model(path, format!("not a valid GGUF file: {e}")))?;
         Ok(Self {
             path: path.to_path_buf(),
-            mmap,
+            mmap: Arc::new(mmap),
             content,
         })
     }
@@ -47,7 +49,18 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
+    /// The named tensor, viewed in place in the mapping (copied only if misaligned).
     pub fn tensor(&self, name: &str) -> Result<QTensor> {
+        let info = self.content.tensor_infos.get(name).ok_or_else(|| {
+            EngineError::bad_model(&self.path, format!("tensor {name} is missing"))
+        })?;
+        let offset = self.content.tensor_data_offset.saturating_add(info.offset);
+        if let Ok(offset) = usize::try_from(offset)
+            && let Some(tensor) =
+                mapped::new_qtensor(&self.mmap, offset, info.ggml_dtype, info.shape.clone())
+        {
+            return Ok(tensor);
+        }
         self.content
             .tensor(&mut Cursor::new(&self.mmap[..]), name, &Device::Cpu)
             .map_err(|e| EngineError::bad_model(&self.path, format!("tensor {name}: {e}")))

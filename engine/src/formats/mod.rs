@@ -4,3 +4,4 @@
 pub mod chat_template;
 pub mod gguf;
 pub mod gguf_tokenizer;
+mod mapped;

@@ -1,0 +1,339 @@
+//! Quantized matrix multiplication `dst[m, n] = lhs[m, k] · weights[n, k]ᵀ` for GGUF's
+//! Q4_1 and Q8_0 weights, read in place from the file mapping. Activations are quantized to
+//! 8 bits per 32-element block (as llama.cpp does), then each weight row is dotted with
+//! every activation row while it is in cache: a batch of m tokens reads the weights once.
+//! Work is split over weight rows on the rayon pool.
+
+use rayon::prelude::*;
+
+/// Elements per quantization block, for both formats.
+pub const BLOCK: usize = 32;
+/// Q4_1: f16 scale, f16 min, 16 bytes of nibbles.
+pub const Q4_1_BYTES: usize = 20;
+/// Q8_0: f16 scale, 32 signed bytes.
+pub const Q8_0_BYTES: usize = 34;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    Q4_1,
+    Q8_0,
+}
+
+impl WeightFormat {
+    fn block_bytes(self) -> usize {
+        match self {
+            WeightFormat::Q4_1 => Q4_1_BYTES,
+            WeightFormat::Q8_0 => Q8_0_BYTES,
+        }
+    }
+}
+
+/// One activation row quantized to 8 bits: per block a scale, the scaled sum of its
+/// values (for Q4_1's min term) and 32 signed values.
+struct QuantizedRow {
+    scales: Vec<f32>,
+    sums: Vec<f32>,
+    values: Vec<i8>,
+}
+
+fn quantize_row(row: &[f32]) -> QuantizedRow {
+    let blocks = row.len() / BLOCK;
+    let mut q = QuantizedRow {
+        scales: Vec::with_capacity(blocks),
+        sums: Vec::with_capacity(blocks),
+        values: vec![0; row.len()],
+    };
+    for (b, chunk) in row.chunks_exact(BLOCK).enumerate() {
+        let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let mut sum = 0i32;
+        for (i, v) in chunk.iter().enumerate() {
+            let x = (v * inverse).round() as i32;
+            q.values[b * BLOCK + i] = x as i8;
+            sum += x;
+        }
+        q.scales.push(scale);
+        q.sums.push(scale * sum as f32);
+    }
+    q
+}
+
+#[inline(always)]
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// Multiplies; `weights` holds `n` rows of `k / 32` blocks in `format`.
+pub fn matmul(
+    format: WeightFormat,
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    weights: &[u8],
+    dst: &mut [f32],
+) -> Result<(), String> {
+    if !k.is_multiple_of(BLOCK) {
+        return Err(format!("k = {k} is not a multiple of {BLOCK}"));
+    }
+    let row_bytes = k / BLOCK * format.block_bytes();
+    if lhs.len() != m * k || weights.len() < n * row_bytes || dst.len() < m * n {
+        return Err(format!(
+            "bad sizes for ({m}, {k}, {n}): lhs {}, weights {}, dst {}",
+            lhs.len(),
+            weights.len(),
+            dst.len()
+        ));
+    }
+    let rows: Vec<QuantizedRow> = lhs.chunks_exact(k).map(quantize_row).collect();
+    let dot = dot_fn(format);
+    // Enough work per task to amortise scheduling, few enough tasks to balance.
+    let chunk = (n / (rayon::current_num_threads() * 8)).clamp(16, 512);
+    if m == 1 {
+        dst[..n]
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(c, out)| {
+                for (j, o) in out.iter_mut().enumerate() {
+                    let col = c * chunk + j;
+                    *o = dot(&weights[col * row_bytes..(col + 1) * row_bytes], &rows[0]);
+                }
+            });
+        return Ok(());
+    }
+    // Column-major scratch so each task writes a contiguous slice, then transpose.
+    let mut by_column = vec![0f32; n * m];
+    by_column
+        .par_chunks_mut(chunk * m)
+        .enumerate()
+        .for_each(|(c, out)| {
+            for (j, column) in out.chunks_exact_mut(m).enumerate() {
+                let col = c * chunk + j;
+                let w = &weights[col * row_bytes..(col + 1) * row_bytes];
+                for (o, row) in column.iter_mut().zip(&rows) {
+                    *o = dot(w, row);
+                }
+            }
+        });
+    for (col, column) in by_column.chunks_exact(m).enumerate() {
+        for (row, v) in column.iter().enumerate() {
+            dst[row * n + col] = *v;
+        }
+    }
+    Ok(())
+}
+
+type DotFn = fn(&[u8], &QuantizedRow) -> f32;
+
+fn dot_fn(format: WeightFormat) -> DotFn {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        return match format {
+            WeightFormat::Q4_1 => |w, x| unsafe { avx2::dot_q4_1(w, x) },
+            WeightFormat::Q8_0 => |w, x| unsafe { avx2::dot_q8_0(w, x) },
+        };
+    }
+    match format {
+        WeightFormat::Q4_1 => dot_q4_1_portable,
+        WeightFormat::Q8_0 => dot_q8_0_portable,
+    }
+}
+
+fn dot_q4_1_portable(w: &[u8], x: &QuantizedRow) -> f32 {
+    let mut total = 0f32;
+    for (b, block) in w.chunks_exact(Q4_1_BYTES).enumerate() {
+        let (d, min) = (f16_at(block, 0), f16_at(block, 2));
+        let xs = &x.values[b * BLOCK..(b + 1) * BLOCK];
+        let mut sum = 0i32;
+        for j in 0..16 {
+            let byte = block[4 + j];
+            sum += i32::from(byte & 0x0F) * i32::from(xs[j]);
+            sum += i32::from(byte >> 4) * i32::from(xs[j + 16]);
+        }
+        total += d * x.scales[b] * sum as f32 + min * x.sums[b];
+    }
+    total
+}
+
+fn dot_q8_0_portable(w: &[u8], x: &QuantizedRow) -> f32 {
+    let mut total = 0f32;
+    for (b, block) in w.chunks_exact(Q8_0_BYTES).enumerate() {
+        let d = f16_at(block, 0);
+        let xs = &x.values[b * BLOCK..(b + 1) * BLOCK];
+        let sum: i32 = block[2..]
+            .iter()
+            .zip(xs)
+            .map(|(&q, &v)| i32::from(q as i8) * i32::from(v))
+            .sum();
+        total += d * x.scales[b] * sum as f32;
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, Q4_1_BYTES, Q8_0_BYTES, QuantizedRow};
+
+    /// The two f16 values at the start of a block, as f32.
+    #[inline(always)]
+    unsafe fn two_f16(block: &[u8]) -> (f32, f32) {
+        // SAFETY: every block starts with at least 4 bytes; F16C comes with AVX2 here.
+        unsafe {
+            let raw =
+                _mm_cvtsi32_si128(i32::from_le_bytes([block[0], block[1], block[2], block[3]]));
+            let pair = _mm_cvtph_ps(raw);
+            (
+                _mm_cvtss_f32(pair),
+                _mm_cvtss_f32(_mm_shuffle_ps::<0x55>(pair, pair)),
+            )
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn horizontal_sum(v: __m256) -> f32 {
+        let low = _mm256_castps256_ps128(v);
+        let high = _mm256_extractf128_ps::<1>(v);
+        let s = _mm_add_ps(low, high);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0x55>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `w` holds `x.scales.len()` Q4_1 blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q4_1(w: &[u8], x: &QuantizedRow) -> f32 {
+        let blocks = x.scales.len().min(w.len() / Q4_1_BYTES);
+        let mask = _mm_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut min_terms = 0f32;
+        for b in 0..blocks {
+            let block = &w[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
+            let (d, min) = unsafe { two_f16(block) };
+            // SAFETY: 16 bytes at block[4..20] and 32 at values[b*32..], in bounds.
+            let packed = unsafe { _mm_loadu_si128(block.as_ptr().add(4).cast()) };
+            let low = _mm_and_si128(packed, mask);
+            let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
+            let weights = _mm256_set_m128i(high, low);
+            let xs = unsafe { _mm256_loadu_si256(x.values.as_ptr().add(b * BLOCK).cast()) };
+            let pairs = _mm256_maddubs_epi16(weights, xs);
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.scales[b]), sums, acc);
+            min_terms += min * x.sums[b];
+        }
+        unsafe { horizontal_sum(acc) + min_terms }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `w` holds `x.scales.len()` Q8_0 blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q8_0(w: &[u8], x: &QuantizedRow) -> f32 {
+        let blocks = x.scales.len().min(w.len() / Q8_0_BYTES);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..blocks {
+            let block = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+            let (d, _) = unsafe { two_f16(block) };
+            // SAFETY: 32 bytes at block[2..34] and at values[b*32..], in bounds.
+            let weights = unsafe { _mm256_loadu_si256(block.as_ptr().add(2).cast()) };
+            let xs = unsafe { _mm256_loadu_si256(x.values.as_ptr().add(b * BLOCK).cast()) };
+            // maddubs needs one unsigned operand: move the weights' signs onto the inputs.
+            let abs_weights = _mm256_sign_epi8(weights, weights);
+            let signed_xs = _mm256_sign_epi8(xs, weights);
+            let pairs = _mm256_maddubs_epi16(abs_weights, signed_xs);
+            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.scales[b]), sums, acc);
+        }
+        unsafe { horizontal_sum(acc) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q4_1_block(values: &[f32; 32]) -> Vec<u8> {
+        let min = values.iter().cloned().fold(f32::INFINITY, f32::min);
+        let max = values.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let d = (max - min) / 15.0;
+        let mut out = Vec::new();
+        out.extend(half::f16::from_f32(d).to_le_bytes());
+        out.extend(half::f16::from_f32(min).to_le_bytes());
+        for j in 0..16 {
+            let q = |v: f32| (((v - min) / d).round() as u8).min(15);
+            out.push(q(values[j]) | (q(values[j + 16]) << 4));
+        }
+        out
+    }
+
+    fn dequantize(format: WeightFormat, row: &[u8], t: usize) -> f32 {
+        let (b, i) = (t / 32, t % 32);
+        match format {
+            WeightFormat::Q4_1 => {
+                let block = &row[b * Q4_1_BYTES..];
+                let byte = block[4 + i % 16];
+                let q = if i < 16 { byte & 0x0F } else { byte >> 4 };
+                f16_at(block, 0) * f32::from(q) + f16_at(block, 2)
+            }
+            WeightFormat::Q8_0 => {
+                let block = &row[b * Q8_0_BYTES..];
+                f16_at(block, 0) * f32::from(block[2 + i] as i8)
+            }
+        }
+    }
+
+    #[test]
+    fn simd_and_portable_kernels_agree_with_float_math() {
+        let k = 64;
+        let n = 5;
+        let weights_f: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        let lhs: Vec<f32> = (0..2 * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
+            .collect();
+        let mut q4 = Vec::new();
+        let mut q8 = Vec::new();
+        for row in weights_f.chunks_exact(32) {
+            let block: [f32; 32] = row.try_into().unwrap();
+            q4.extend(q4_1_block(&block));
+            let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            q8.extend(half::f16::from_f32(amax / 127.0).to_le_bytes());
+            q8.extend(row.iter().map(|v| (v / (amax / 127.0)).round() as i8 as u8));
+        }
+        for (format, weights) in [(WeightFormat::Q4_1, &q4), (WeightFormat::Q8_0, &q8)] {
+            let mut dst = vec![0f32; 2 * n];
+            matmul(format, (2, k, n), &lhs, weights, &mut dst).unwrap();
+            let rows: Vec<QuantizedRow> = lhs.chunks_exact(k).map(quantize_row).collect();
+            let portable = match format {
+                WeightFormat::Q4_1 => dot_q4_1_portable,
+                WeightFormat::Q8_0 => dot_q8_0_portable,
+            };
+            let row_bytes = k / 32 * format.block_bytes();
+            for i in 0..2 {
+                for j in 0..n {
+                    // Exact math on the dequantized weights: only activation rounding remains.
+                    let row = &weights[j * row_bytes..(j + 1) * row_bytes];
+                    let exact: f32 = (0..k)
+                        .map(|t| lhs[i * k + t] * dequantize(format, row, t))
+                        .sum();
+                    let simd = dst[i * n + j];
+                    let scalar = portable(&weights[j * row_bytes..(j + 1) * row_bytes], &rows[i]);
+                    assert!(
+                        (simd - scalar).abs() < 1e-3,
+                        "{format:?} simd {simd} scalar {scalar}"
+                    );
+                    assert!(
+                        (simd - exact).abs() < 0.02 * exact.abs().max(1.0),
+                        "{format:?} {simd} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+}
