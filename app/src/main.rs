@@ -117,7 +117,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let started = Instant::now();
             let registry = ModelRegistry::load(&config)?;
-            for model in &registry.listed {
+            for model in registry
+                .listed
+                .iter()
+                .filter(|m| m.task == config::ModelTask::Generate)
+            {
                 state.metrics.register_model(&model.name);
             }
             let names: Vec<&str> = registry.listed.iter().map(|m| m.name.as_str()).collect();

@@ -80,6 +80,13 @@ impl TextTokenizer {
             .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 
+    /// Writes the tokenizer as a Hugging Face `tokenizer.json`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner
+            .save(path, false)
+            .map_err(|e| EngineError::Tokenizer(format!("saving {}: {e}", path.display())))
+    }
+
     pub(crate) fn inner(&self) -> &Tokenizer {
         &self.inner
     }

@@ -130,3 +130,48 @@ async fn conversations_survive_a_restart() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentbox.yaml");
+    std::fs::write(&config, "engine:\n  max_running: 1\n  max_waiting: 1\n").unwrap();
+    let server = Server::start_in(dir.path(), &["--config", config.to_str().unwrap()]).await;
+    let client = reqwest::Client::new();
+    let long = json!({
+        "model": CHAT_MODEL,
+        "messages": [{"role": "user", "content": "Count to one thousand."}],
+        "max_tokens": 400,
+        "ignore_eos": true,
+        "stream": true,
+    });
+    // The first request runs; wait until it streams.
+    let running = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&long)
+        .send()
+        .await
+        .unwrap();
+    let mut running_body = running.bytes_stream();
+    running_body.next().await.unwrap().unwrap();
+    // The second waits in the queue (max_running 1)...
+    let waiting = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&long)
+        .send();
+    let waiting = tokio::spawn(waiting);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // ...so the third finds the queue full.
+    let refused = client
+        .post(server.url("/v1/chat/completions"))
+        .json(&long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    drop(running_body);
+    waiting.abort();
+}

@@ -40,10 +40,13 @@ pub async fn embeddings(
     let texts = match request.input {
         EmbeddingInput::Text(text) => vec![text],
         EmbeddingInput::Texts(texts) => texts,
-        EmbeddingInput::Tokens(_) => {
+        EmbeddingInput::Tokens(items) => {
             return Err(AppError::bad_request(
                 "input",
-                "token arrays are not supported; send text",
+                format!(
+                    "token arrays ({} items) are not supported; send text",
+                    items.len()
+                ),
             ));
         }
     };
