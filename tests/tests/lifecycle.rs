@@ -40,14 +40,18 @@ fn a_bad_config_stops_start_up_naming_the_field_and_the_file() {
 }
 
 #[tokio::test]
-async fn sigterm_lets_a_running_stream_finish_and_exits_cleanly() {
-    let mut server = Server::start().await;
+async fn sigterm_ends_a_running_stream_properly_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentbox.yaml");
+    // A short grace period: the stream below cannot finish in time and must be cut cleanly.
+    std::fs::write(&config, "engine:\n  shutdown_grace_secs: 1\n").unwrap();
+    let mut server = Server::start_in(dir.path(), &["--config", config.to_str().unwrap()]).await;
     let response = reqwest::Client::new()
         .post(server.url("/v1/chat/completions"))
         .json(&json!({
             "model": CHAT_MODEL,
             "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
-            "max_tokens": 64,
+            "max_tokens": 4000,
             "temperature": 0,
             "ignore_eos": true,
             "stream": true,
