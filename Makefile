@@ -60,7 +60,7 @@ python-tests:
 bench: setup build
 	@[ -x .venv-bench/bin/python ] || python3 -m venv .venv-bench
 	.venv-bench/bin/pip install --quiet -r bench/requirements.txt
-	.venv-bench/bin/python bench/bench_engine.py --agentbox-bin $(BIN)
+	bench/run.sh $(BIN)
 
 lint:
 	cargo fmt --all -- --check

@@ -53,10 +53,16 @@ fn quantize_row(row: &[f32]) -> QuantizedRow {
             q.values[b * BLOCK + i] = x as i8;
             sum += x;
         }
-        q.scales.push(scale);
-        q.sums.push(scale * sum as f32);
+        // Stored at f16 precision, as llama.cpp's Q8_0/Q8_1 blocks do, so that greedy
+        // decoding follows llama.cpp's numerics as closely as possible.
+        q.scales.push(round_to_f16(scale));
+        q.sums.push(round_to_f16(scale * sum as f32));
     }
     q
+}
+
+fn round_to_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
 }
 
 #[inline(always)]
