@@ -90,7 +90,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         models_dir: args.models_dir,
         threads: args.threads,
     })?;
-    engine::set_cpu_threads(config.threads).context("configuring CPU threads")?;
+    // SAFETY: still single-threaded here; the async runtime starts below.
+    unsafe { engine::set_cpu_threads(config.threads) }.context("configuring CPU threads")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -24,8 +24,19 @@ pub use scheduler::{
     GenerationTimings, SchedulerOptions, SchedulerStats,
 };
 
-/// Sets the number of CPU threads the tensor kernels use. Call once, before loading models.
-pub fn set_cpu_threads(threads: usize) -> Result<()> {
+/// Sets the number of CPU threads the tensor kernels use.
+///
+/// # Safety
+/// Call once at start-up, before any other thread exists: it sets environment variables.
+pub unsafe fn set_cpu_threads(threads: usize) -> Result<()> {
+    // candle sizes its own pools from these variables, and otherwise re-reads
+    // /proc/cpuinfo on every parallel op.
+    // SAFETY: called before any other thread is started, so nothing reads the environment
+    // concurrently.
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()

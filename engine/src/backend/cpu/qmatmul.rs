@@ -92,6 +92,7 @@ pub fn matmul(
     }
     let rows: Vec<QuantizedRow> = lhs.chunks_exact(k).map(quantize_row).collect();
     let dot = dot_fn(format);
+    let dot4 = dot4_fn(format);
     // Enough work per task to amortise scheduling, few enough tasks to balance.
     let chunk = (n / (rayon::current_num_threads() * 8)).clamp(16, 512);
     if m == 1 {
@@ -115,7 +116,13 @@ pub fn matmul(
             for (j, column) in out.chunks_exact_mut(m).enumerate() {
                 let col = c * chunk + j;
                 let w = &weights[col * row_bytes..(col + 1) * row_bytes];
-                for (o, row) in column.iter_mut().zip(&rows) {
+                // Four tokens per pass: the weight block is unpacked once for all four.
+                let mut outputs = column.chunks_exact_mut(4);
+                let mut inputs = rows.chunks_exact(4);
+                for (o, group) in (&mut outputs).zip(&mut inputs) {
+                    dot4(w, group, o);
+                }
+                for (o, row) in outputs.into_remainder().iter_mut().zip(inputs.remainder()) {
                     *o = dot(w, row);
                 }
             }
@@ -129,6 +136,33 @@ pub fn matmul(
 }
 
 type DotFn = fn(&[u8], &QuantizedRow) -> f32;
+/// Dots one weight row with exactly four activation rows.
+type Dot4Fn = fn(&[u8], &[QuantizedRow], &mut [f32]);
+
+fn dot4_fn(format: WeightFormat) -> Dot4Fn {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        return match format {
+            WeightFormat::Q4_1 => |w, x, out| unsafe { avx2::dot4_q4_1(w, x, out) },
+            WeightFormat::Q8_0 => |w, x, out| unsafe { avx2::dot4_q8_0(w, x, out) },
+        };
+    }
+    match format {
+        WeightFormat::Q4_1 => |w, x, out| {
+            for (o, row) in out.iter_mut().zip(x) {
+                *o = dot_q4_1_portable(w, row);
+            }
+        },
+        WeightFormat::Q8_0 => |w, x, out| {
+            for (o, row) in out.iter_mut().zip(x) {
+                *o = dot_q8_0_portable(w, row);
+            }
+        },
+    }
+}
 
 fn dot_fn(format: WeightFormat) -> DotFn {
     #[cfg(target_arch = "x86_64")]
@@ -236,6 +270,66 @@ mod avx2 {
     }
 
     /// # Safety
+    /// AVX2/FMA/F16C; `x` holds four rows of the same length; `w` holds their blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q4_1(w: &[u8], x: &[QuantizedRow], out: &mut [f32]) {
+        let [x0, x1, x2, x3] = [&x[0], &x[1], &x[2], &x[3]];
+        let blocks = x0.scales.len().min(w.len() / Q4_1_BYTES);
+        let mask = _mm_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut min_terms = [0f32; 4];
+        for b in 0..blocks {
+            let block = &w[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
+            let (d, min) = unsafe { two_f16(block) };
+            // SAFETY: 16 bytes at block[4..20]; 32 at each row's values[b*32..].
+            let packed = unsafe { _mm_loadu_si128(block.as_ptr().add(4).cast()) };
+            let low = _mm_and_si128(packed, mask);
+            let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
+            let weights = _mm256_set_m128i(high, low);
+            for (r, row) in [x0, x1, x2, x3].into_iter().enumerate() {
+                let xs = unsafe { _mm256_loadu_si256(row.values.as_ptr().add(b * BLOCK).cast()) };
+                let sums =
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(weights, xs), ones));
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * row.scales[b]), sums, acc[r]);
+                min_terms[r] += min * row.sums[b];
+            }
+        }
+        for r in 0..4 {
+            out[r] = unsafe { horizontal_sum(acc[r]) } + min_terms[r];
+        }
+    }
+
+    /// # Safety
+    /// AVX2/FMA/F16C; `x` holds four rows of the same length; `w` holds their blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q8_0(w: &[u8], x: &[QuantizedRow], out: &mut [f32]) {
+        let [x0, x1, x2, x3] = [&x[0], &x[1], &x[2], &x[3]];
+        let blocks = x0.scales.len().min(w.len() / Q8_0_BYTES);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for b in 0..blocks {
+            let block = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+            let (d, _) = unsafe { two_f16(block) };
+            // SAFETY: 32 bytes at block[2..34] and at each row's values[b*32..].
+            let weights = unsafe { _mm256_loadu_si256(block.as_ptr().add(2).cast()) };
+            let abs_weights = _mm256_sign_epi8(weights, weights);
+            for (r, row) in [x0, x1, x2, x3].into_iter().enumerate() {
+                let xs = unsafe { _mm256_loadu_si256(row.values.as_ptr().add(b * BLOCK).cast()) };
+                let signed_xs = _mm256_sign_epi8(xs, weights);
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                    _mm256_maddubs_epi16(abs_weights, signed_xs),
+                    ones,
+                ));
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * row.scales[b]), sums, acc[r]);
+            }
+        }
+        for r in 0..4 {
+            out[r] = unsafe { horizontal_sum(acc[r]) };
+        }
+    }
+
+    /// # Safety
     /// The CPU must support AVX2 and FMA; `w` holds `x.scales.len()` Q8_0 blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q8_0(w: &[u8], x: &QuantizedRow) -> f32 {
@@ -300,7 +394,9 @@ mod tests {
         let weights_f: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
             .collect();
-        let lhs: Vec<f32> = (0..2 * k)
+        // Six rows: one four-row group plus a remainder of two.
+        let m = 6;
+        let lhs: Vec<f32> = (0..m * k)
             .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
             .collect();
         let mut q4 = Vec::new();
@@ -313,15 +409,15 @@ mod tests {
             q8.extend(row.iter().map(|v| (v / (amax / 127.0)).round() as i8 as u8));
         }
         for (format, weights) in [(WeightFormat::Q4_1, &q4), (WeightFormat::Q8_0, &q8)] {
-            let mut dst = vec![0f32; 2 * n];
-            matmul(format, (2, k, n), &lhs, weights, &mut dst).unwrap();
+            let mut dst = vec![0f32; m * n];
+            matmul(format, (m, k, n), &lhs, weights, &mut dst).unwrap();
             let rows: Vec<QuantizedRow> = lhs.chunks_exact(k).map(quantize_row).collect();
             let portable = match format {
                 WeightFormat::Q4_1 => dot_q4_1_portable,
                 WeightFormat::Q8_0 => dot_q8_0_portable,
             };
             let row_bytes = k / 32 * format.block_bytes();
-            for i in 0..2 {
+            for i in 0..m {
                 for j in 0..n {
                     // Exact math on the dequantized weights: only activation rounding remains.
                     let row = &weights[j * row_bytes..(j + 1) * row_bytes];
