@@ -1,7 +1,7 @@
 //! The web UI: the wasm bundle built into `ui/dist` (see `scripts/build-ui.sh`), embedded
 //! in the binary at compile time and served at `/`.
 
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use rust_embed::RustEmbed;
 
@@ -10,35 +10,46 @@ use rust_embed::RustEmbed;
 #[allow_missing = true]
 struct Assets;
 
-pub async fn serve(uri: Uri) -> Response {
+pub async fn serve(uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path().trim_start_matches('/');
     let path = if path.is_empty() { "index.html" } else { path };
     match Assets::get(path) {
-        Some(file) => asset_response(path, file),
+        Some(file) => asset_response(file, &headers),
         // Client-side routes fall back to the app shell.
         None if !path.contains('.') => match Assets::get("index.html") {
-            Some(file) => asset_response("index.html", file),
+            Some(file) => asset_response(file, &headers),
             None => missing_ui(),
         },
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }
 
-fn asset_response(path: &str, file: rust_embed::EmbeddedFile) -> Response {
-    let mime = file.metadata.mimetype().to_string();
-    let cache = if path == "index.html" {
-        "no-cache"
+/// The bundle's file names are fixed, so browsers must revalidate every asset (`no-cache`)
+/// or they could pair an old `ui.js` with a new `ui_bg.wasm`; the content hash as ETag
+/// keeps revalidation to a 304.
+fn asset_response(file: rust_embed::EmbeddedFile, request: &HeaderMap) -> Response {
+    let hash = file.metadata.sha256_hash();
+    let etag = format!(
+        "\"{}\"",
+        hash.iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let cached = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == etag));
+    let headers = [
+        (header::CONTENT_TYPE, file.metadata.mimetype().to_string()),
+        (header::CACHE_CONTROL, "no-cache".to_string()),
+        (header::ETAG, etag),
+    ];
+    if cached {
+        (StatusCode::NOT_MODIFIED, headers).into_response()
     } else {
-        "public, max-age=300"
-    };
-    (
-        [
-            (header::CONTENT_TYPE, mime),
-            (header::CACHE_CONTROL, cache.to_string()),
-        ],
-        file.data,
-    )
-        .into_response()
+        (headers, file.data).into_response()
+    }
 }
 
 fn missing_ui() -> Response {
