@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::error::{EngineError, Result};
+use crate::model::kv_cache::SequenceKv;
 use crate::model::llama::{LlamaModel, Segment};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::TextTokenizer;
@@ -116,6 +117,7 @@ pub struct Scheduler {
     commands: std_mpsc::Sender<Command>,
     counters: Arc<Counters>,
     options: SchedulerOptions,
+    n_layers: usize,
     thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -127,6 +129,7 @@ impl Scheduler {
     ) -> Result<Self> {
         let (commands, inbox) = std_mpsc::channel();
         let counters = Arc::new(Counters::default());
+        let n_layers = model.config().n_layers;
         let worker = Worker {
             model,
             tokenizer,
@@ -147,6 +150,7 @@ impl Scheduler {
             commands,
             counters,
             options,
+            n_layers,
             thread: Arc::new(parking_lot::Mutex::new(Some(thread))),
         })
     }
@@ -160,7 +164,8 @@ impl Scheduler {
         }
         let (events, stream) = mpsc::unbounded_channel();
         self.counters.waiting.fetch_add(1, Ordering::Relaxed);
-        let sequence = Box::new(Sequence::new(request, events));
+        let kv = SequenceKv::new(self.n_layers);
+        let sequence = Box::new(Sequence::new(request, events, kv));
         self.commands
             .send(Command::Submit(sequence))
             .map_err(|_| EngineError::Stopped)?;
@@ -238,10 +243,9 @@ impl Worker {
     fn step(&mut self) {
         self.drop_cancelled();
         while self.running.len() < self.options.max_running {
-            let Some(mut sequence) = self.waiting.pop_front() else {
+            let Some(sequence) = self.waiting.pop_front() else {
                 break;
             };
-            sequence.admit(&self.model);
             self.running.push(sequence);
         }
         self.publish_counts();

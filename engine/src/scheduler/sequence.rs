@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use crate::error::EngineError;
 use crate::model::kv_cache::SequenceKv;
-use crate::model::llama::{LlamaModel, Segment};
+use crate::model::llama::Segment;
 use crate::sampling::{Sampler, StopMatcher, StopOutcome};
 use crate::scheduler::{
     Completion, FinishReason, GenerationEvent, GenerationRequest, GenerationTimings,
@@ -25,8 +25,7 @@ pub(super) struct Sequence {
     submitted: Instant,
     first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
-    /// Allocated on admission.
-    kv: Option<SequenceKv>,
+    kv: SequenceKv,
     /// All tokens fed or to be fed: the prompt, then each sampled token.
     tokens: Vec<u32>,
     generated: usize,
@@ -39,6 +38,7 @@ impl Sequence {
     pub(super) fn new(
         request: GenerationRequest,
         events: mpsc::UnboundedSender<GenerationEvent>,
+        kv: SequenceKv,
     ) -> Self {
         let sampler = Sampler::new(request.sampling.clone(), &request.prompt);
         let stop = StopMatcher::new(request.stop.clone());
@@ -49,7 +49,7 @@ impl Sequence {
             submitted: Instant::now(),
             first_scheduled: None,
             first_token: None,
-            kv: None,
+            kv,
             generated: 0,
             sampler,
             decoder: IncrementalDecoder::default(),
@@ -57,16 +57,12 @@ impl Sequence {
         }
     }
 
-    pub(super) fn admit(&mut self, model: &LlamaModel) {
-        self.kv = Some(model.new_sequence_kv());
-    }
-
     pub(super) fn is_cancelled(&self) -> bool {
         self.events.is_closed()
     }
 
     fn cached(&self) -> usize {
-        self.kv.as_ref().map_or(0, SequenceKv::len)
+        self.kv.len()
     }
 
     /// True once the whole prompt is in the cache: the next step feeds one sampled token.
@@ -85,9 +81,8 @@ impl Sequence {
     /// The next `count` uncached tokens, as a forward-pass segment.
     pub(super) fn segment(&mut self, count: usize) -> Segment<'_> {
         let start = self.cached();
-        let kv = self.kv.get_or_insert_with(|| SequenceKv::new(0));
         Segment {
-            kv,
+            kv: &mut self.kv,
             tokens: &self.tokens[start..start + count],
         }
     }
