@@ -30,6 +30,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .nest("/api/conversations", conversations)
+        .route("/tokenize", post(openai::tokenize::tokenize))
+        .route("/detokenize", post(openai::tokenize::detokenize))
         .route("/health", get(health))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))

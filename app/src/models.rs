@@ -86,6 +86,18 @@ impl ModelRegistry {
             .ok_or_else(|| self.not_found(name))
     }
 
+    /// The named chat model, or the first one when no name is given (vLLM serves one).
+    pub fn chat_or_default(&self, name: Option<&str>) -> Result<Arc<ChatModel>, AppError> {
+        match name {
+            Some(name) => self.chat(name),
+            None => self
+                .listed
+                .iter()
+                .find(|m| m.task == ModelTask::Generate)
+                .map_or_else(|| Err(self.not_found("(default)")), |m| self.chat(&m.name)),
+        }
+    }
+
     pub fn embedder(&self, name: &str) -> Result<Arc<SentenceEmbedder>, AppError> {
         self.embed
             .get(name)

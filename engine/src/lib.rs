@@ -18,7 +18,7 @@ pub use chat_model::{ChatModel, ModelSource};
 pub use error::{EngineError, ErrorClass, Result};
 pub use formats::chat_template::ChatMessage;
 pub use model::bert::SentenceEmbedder;
-pub use sampling::SamplingParams;
+pub use sampling::{SamplingParams, TokenLogprob};
 pub use scheduler::{
     Completion, FinishReason, GenerationEvent, GenerationRequest, GenerationStream,
     GenerationTimings, SchedulerOptions, SchedulerStats,

@@ -45,6 +45,11 @@ impl TextTokenizer {
         &self.special
     }
 
+    /// The vocabulary entry for `id` (e.g. `Ġworld` in byte-level BPE).
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

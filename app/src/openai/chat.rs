@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 
 use crate::error::{AppError, AppResult};
 use crate::openai::generation::{
-    ChoiceEvent, GenerationPlan, collect, finish_reason, merge_choices, sse_response, unix_now,
+    Api, ChoiceEvent, GenerationPlan, chat_logprobs, collect, finish_reason, merge_choices,
+    sse_response, unix_now,
 };
 use crate::openai::json::OpenAiJson;
 use crate::openai::types::{ChatCompletionRequest, ChatMessageIn, MessageContent, Usage};
@@ -44,14 +45,10 @@ pub async fn chat_completions(
             "only {\"type\": \"text\"} is supported yet",
         ));
     }
-    let messages = request
-        .messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| convert_message(i, m))
-        .collect::<AppResult<Vec<_>>>()?;
+    let messages = convert_messages(&request.messages)?;
     let prompt = model.chat_prompt(&messages)?;
-    let mut plan = GenerationPlan::new(&model, prompt, request.take_sampling())?;
+    let mut plan = GenerationPlan::new(Api::Chat, &model, prompt, request.take_sampling())?;
+    let want_logprobs = plan.wants_logprobs();
     let streams = plan.submit(&model)?;
     let n = streams.len();
     let events = merge_choices(streams, state.metrics.clone(), request.model.clone());
@@ -65,12 +62,13 @@ pub async fn chat_completions(
             .choices
             .into_iter()
             .enumerate()
-            .map(|(index, (text, reason))| {
+            .map(|(index, choice)| {
+                let logprobs = want_logprobs.then(|| chat_logprobs(&model, &choice.logprobs));
                 json!({
                     "index": index,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": null,
-                    "finish_reason": reason,
+                    "message": {"role": "assistant", "content": choice.text},
+                    "logprobs": logprobs,
+                    "finish_reason": choice.finish_reason,
                 })
             })
             .collect();
@@ -108,8 +106,9 @@ pub async fn chat_completions(
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             match event {
-                Ok(ChoiceEvent::Text(index, text)) => {
-                    yield Ok(chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]), None));
+                Ok(ChoiceEvent::Text(index, text, logprobs)) => {
+                    let logprobs = want_logprobs.then(|| chat_logprobs(&model, &logprobs));
+                    yield Ok(chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null}]), None));
                 }
                 Ok(ChoiceEvent::Finished(index, completion)) => {
                     usage = usage.add(Usage::new(0, completion.completion_tokens));
@@ -126,6 +125,14 @@ pub async fn chat_completions(
         }
     };
     Ok(sse_response(payloads))
+}
+
+pub fn convert_messages(messages: &[ChatMessageIn]) -> AppResult<Vec<ChatMessage>> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| convert_message(i, m))
+        .collect()
 }
 
 fn convert_message(index: usize, message: &ChatMessageIn) -> AppResult<ChatMessage> {

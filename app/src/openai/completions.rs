@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 use crate::error::{AppError, AppResult};
 use crate::openai::generation::{
-    ChoiceEvent, GenerationPlan, collect, finish_reason, merge_choices, sse_response, unix_now,
+    Api, ChoiceEvent, GenerationPlan, collect, completion_logprobs, finish_reason, merge_choices,
+    sse_response, unix_now,
 };
 use crate::openai::json::OpenAiJson;
 use crate::openai::types::{CompletionRequest, PromptField, Usage};
@@ -53,7 +54,8 @@ pub async fn completions(
         ));
     }
     let echo = request.echo.unwrap_or(false).then_some(prompt_text);
-    let mut plan = GenerationPlan::new(&model, prompt, request.take_sampling())?;
+    let mut plan = GenerationPlan::new(Api::Completions, &model, prompt, request.take_sampling())?;
+    let want_logprobs = plan.wants_logprobs();
     let streams = plan.submit(&model)?;
     let n = streams.len();
     let events = merge_choices(streams, state.metrics.clone(), request.model.clone());
@@ -67,12 +69,16 @@ pub async fn completions(
             .choices
             .into_iter()
             .enumerate()
-            .map(|(index, (text, reason))| {
-                let text = match &echo {
-                    Some(prefix) => format!("{prefix}{text}"),
-                    None => text,
-                };
-                json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason})
+            .map(|(index, choice)| {
+                let prefix = echo.as_deref().unwrap_or_default();
+                let logprobs = want_logprobs
+                    .then(|| completion_logprobs(&model, &choice.logprobs, prefix.len()));
+                json!({
+                    "index": index,
+                    "text": format!("{prefix}{}", choice.text),
+                    "logprobs": logprobs,
+                    "finish_reason": choice.finish_reason,
+                })
             })
             .collect();
         return Ok(Json(json!({
@@ -101,6 +107,7 @@ pub async fn completions(
         }
         chunk
     };
+    let echo_len = echo.as_ref().map_or(0, String::len);
     let payloads = async_stream::stream! {
         if let Some(prefix) = echo {
             for index in 0..n {
@@ -108,11 +115,14 @@ pub async fn completions(
             }
         }
         let mut usage = Usage::new(prompt_tokens, 0);
+        let mut offsets = vec![echo_len; n];
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             match event {
-                Ok(ChoiceEvent::Text(index, text)) => {
-                    yield Ok(chunk(json!([{"index": index, "text": text, "logprobs": null, "finish_reason": null}]), None));
+                Ok(ChoiceEvent::Text(index, text, logprobs)) => {
+                    let logprobs = want_logprobs.then(|| completion_logprobs(&model, &logprobs, offsets[index]));
+                    offsets[index] += text.len();
+                    yield Ok(chunk(json!([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": null}]), None));
                 }
                 Ok(ChoiceEvent::Finished(index, completion)) => {
                     usage = usage.add(Usage::new(0, completion.completion_tokens));

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
+use engine::sampling::MAX_TOP_LOGPROBS;
 use engine::{
     ChatModel, Completion, FinishReason, GenerationEvent, GenerationRequest, GenerationStream,
-    SamplingParams,
+    SamplingParams, TokenLogprob,
 };
+use serde_json::{Value, json};
 use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -27,26 +29,59 @@ pub struct GenerationPlan {
     pub prompt_tokens: usize,
 }
 
+/// Chat and completions spell the logprobs request differently.
+#[derive(Debug, Clone, Copy)]
+pub enum Api {
+    /// `logprobs: bool` plus `top_logprobs: int`.
+    Chat,
+    /// `logprobs: int`, the number of alternatives.
+    Completions,
+}
+
+fn logprobs_request(api: Api, fields: &SamplingFields) -> AppResult<Option<usize>> {
+    let count = |param: &str, value: &Value| -> AppResult<usize> {
+        value
+            .as_u64()
+            .filter(|&n| n <= MAX_TOP_LOGPROBS as u64)
+            .map(|n| n as usize)
+            .ok_or_else(|| {
+                AppError::bad_request(
+                    param,
+                    format!("must be an integer from 0 to {MAX_TOP_LOGPROBS}"),
+                )
+            })
+    };
+    let logprobs = fields.logprobs.as_ref().filter(|v| !v.is_null());
+    let top = fields.top_logprobs.as_ref().filter(|v| !v.is_null());
+    match api {
+        Api::Chat => {
+            let wanted = match logprobs {
+                None | Some(Value::Bool(false)) => false,
+                Some(Value::Bool(true)) => true,
+                Some(_) => return Err(AppError::bad_request("logprobs", "must be a boolean")),
+            };
+            match (wanted, top) {
+                (false, Some(_)) => Err(AppError::bad_request(
+                    "top_logprobs",
+                    "requires `logprobs: true`",
+                )),
+                (false, None) => Ok(None),
+                (true, None) => Ok(Some(0)),
+                (true, Some(top)) => count("top_logprobs", top).map(Some),
+            }
+        }
+        Api::Completions => logprobs.map(|v| count("logprobs", v)).transpose(),
+    }
+}
+
 impl GenerationPlan {
-    pub fn new(model: &ChatModel, prompt: Vec<u32>, fields: SamplingFields) -> AppResult<Self> {
-        if fields.logprobs.as_ref().is_some_and(|v| {
-            !v.is_null() && v != &serde_json::Value::Bool(false) && v != &serde_json::json!(0)
-        }) {
-            return Err(AppError::bad_request(
-                "logprobs",
-                "logprobs are not supported yet",
-            ));
-        }
-        if fields
-            .top_logprobs
-            .as_ref()
-            .is_some_and(|v| !v.is_null() && v != &serde_json::json!(0))
-        {
-            return Err(AppError::bad_request(
-                "top_logprobs",
-                "logprobs are not supported yet",
-            ));
-        }
+    pub fn new(
+        api: Api,
+        model: &ChatModel,
+        prompt: Vec<u32>,
+        fields: SamplingFields,
+    ) -> AppResult<Self> {
+        let logprobs = logprobs_request(api, &fields)?;
         let n = fields.n.unwrap_or(1);
         if !(1..=MAX_CHOICES).contains(&n) {
             return Err(AppError::bad_request(
@@ -83,6 +118,7 @@ impl GenerationPlan {
             presence_penalty: fields.presence_penalty.unwrap_or(0.0),
             frequency_penalty: fields.frequency_penalty.unwrap_or(0.0),
             repetition_penalty: fields.repetition_penalty.unwrap_or(1.0),
+            logprobs,
         };
         let stop = match fields.stop {
             None => Vec::new(),
@@ -115,6 +151,10 @@ impl GenerationPlan {
         })
     }
 
+    pub fn wants_logprobs(&self) -> bool {
+        self.requests.first().is_some_and(|r| r.sampling.logprobs.is_some())
+    }
+
     /// Queues every choice; nothing is queued if any is refused.
     pub fn submit(&mut self, model: &ChatModel) -> AppResult<Vec<GenerationStream>> {
         let mut streams = Vec::with_capacity(self.requests.len());
@@ -135,7 +175,7 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
 
 /// One event of one choice.
 pub enum ChoiceEvent {
-    Text(usize, String),
+    Text(usize, String, Vec<TokenLogprob>),
     Finished(usize, Completion),
 }
 
@@ -150,7 +190,7 @@ pub fn merge_choices(
         UnboundedReceiverStream::new(stream).map(move |event| (index, event))
     });
     futures::stream::select_all(tagged).map(move |(index, event)| match event {
-        GenerationEvent::Text(text) => Ok(ChoiceEvent::Text(index, text)),
+        GenerationEvent::Text { text, logprobs } => Ok(ChoiceEvent::Text(index, text, logprobs)),
         GenerationEvent::Finished(completion) => {
             metrics.record_generation(&GenerationRecord {
                 model: &model,
@@ -169,25 +209,39 @@ pub fn merge_choices(
 
 /// Collected output of a non-streamed request.
 pub struct Collected {
-    pub choices: Vec<(String, &'static str)>,
+    pub choices: Vec<CollectedChoice>,
     pub usage: Usage,
+}
+
+pub struct CollectedChoice {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub finish_reason: &'static str,
 }
 
 pub async fn collect(
     n: usize,
     events: impl Stream<Item = Result<ChoiceEvent, AppError>>,
 ) -> AppResult<Collected> {
-    let mut texts = vec![String::new(); n];
-    let mut reasons = vec!["length"; n];
+    let mut choices: Vec<CollectedChoice> = (0..n)
+        .map(|_| CollectedChoice {
+            text: String::new(),
+            logprobs: Vec::new(),
+            finish_reason: "length",
+        })
+        .collect();
     let mut completion_tokens = 0;
     let mut prompt_tokens = 0;
     let mut finished = 0;
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
         match event? {
-            ChoiceEvent::Text(i, text) => texts[i].push_str(&text),
+            ChoiceEvent::Text(i, text, logprobs) => {
+                choices[i].text.push_str(&text);
+                choices[i].logprobs.extend(logprobs);
+            }
             ChoiceEvent::Finished(i, completion) => {
-                reasons[i] = finish_reason(completion.reason);
+                choices[i].finish_reason = finish_reason(completion.reason);
                 completion_tokens += completion.completion_tokens;
                 prompt_tokens = completion.prompt_tokens;
                 finished += 1;
@@ -201,7 +255,7 @@ pub async fn collect(
         });
     }
     Ok(Collected {
-        choices: texts.into_iter().zip(reasons).collect(),
+        choices,
         usage: Usage::new(prompt_tokens, completion_tokens),
     })
 }
@@ -223,6 +277,54 @@ pub fn sse_response(
             Ok::<Event, Infallible>(Event::default().data("[DONE]"))
         }));
     Sse::new(events).into_response()
+}
+
+/// Chat's `logprobs.content` entries.
+pub fn chat_logprobs(model: &ChatModel, logprobs: &[TokenLogprob]) -> Value {
+    let entry = |token: u32, logprob: f32| {
+        let text = token_text(model, token);
+        json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()})
+    };
+    let content: Vec<Value> = logprobs
+        .iter()
+        .map(|lp| {
+            let mut item = entry(lp.token, lp.logprob);
+            item["top_logprobs"] = lp.top.iter().map(|&(t, l)| entry(t, l)).collect();
+            item
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Completions' `logprobs` object; `offset` is where this part's text starts in the choice.
+pub fn completion_logprobs(model: &ChatModel, logprobs: &[TokenLogprob], mut offset: usize) -> Value {
+    let mut tokens = Vec::with_capacity(logprobs.len());
+    let mut token_logprobs = Vec::with_capacity(logprobs.len());
+    let mut top_logprobs = Vec::with_capacity(logprobs.len());
+    let mut text_offset = Vec::with_capacity(logprobs.len());
+    for lp in logprobs {
+        let text = token_text(model, lp.token);
+        text_offset.push(offset);
+        offset += text.len();
+        tokens.push(text);
+        token_logprobs.push(lp.logprob);
+        let top: serde_json::Map<String, Value> = lp
+            .top
+            .iter()
+            .map(|&(t, l)| (token_text(model, t), json!(l)))
+            .collect();
+        top_logprobs.push(Value::Object(top));
+    }
+    json!({
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": top_logprobs,
+        "text_offset": text_offset,
+    })
+}
+
+fn token_text(model: &ChatModel, token: u32) -> String {
+    model.tokenizer().decode(&[token]).unwrap_or_default()
 }
 
 fn error_payload(error: AppError) -> serde_json::Value {

@@ -7,4 +7,5 @@ pub mod embeddings;
 mod generation;
 pub mod json;
 pub mod models;
+pub mod tokenize;
 pub mod types;

@@ -23,6 +23,28 @@ pub struct SamplingParams {
     pub presence_penalty: f32,
     pub frequency_penalty: f32,
     pub repetition_penalty: f32,
+    /// Report each sampled token's log-probability and this many top alternatives.
+    pub logprobs: Option<usize>,
+}
+
+/// Most alternatives a request may ask for per token.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// The log-probability of a sampled token under the model's raw distribution (before
+/// penalties and temperature, as vLLM reports by default), with the most likely tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// `(token, logprob)`, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// One sampling step's result.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprob: Option<TokenLogprob>,
 }
 
 impl Default for SamplingParams {
@@ -36,6 +58,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             repetition_penalty: 1.0,
+            logprobs: None,
         }
     }
 }
@@ -66,6 +89,9 @@ impl SamplingParams {
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
             return bad("repetition_penalty", "must be in (0, 10]");
         }
+        if self.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return bad("top_logprobs", "must be at most 20");
+        }
         Ok(())
     }
 }
@@ -95,7 +121,8 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` (modified in place) and records it.
-    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+    pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
+        let log_probs = self.params.logprobs.map(|top| (top, log_softmax(logits)));
         self.apply_penalties(logits);
         let token = if self.params.temperature <= 0.0 {
             crate::model::llama::argmax(logits)
@@ -104,7 +131,12 @@ impl Sampler {
         };
         *self.generated_counts.entry(token).or_insert(0) += 1;
         self.seen.insert(token);
-        token
+        let logprob = log_probs.map(|(top, log_probs)| TokenLogprob {
+            token,
+            logprob: log_probs.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+            top: top_k(&log_probs, top),
+        });
+        Sampled { token, logprob }
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
@@ -170,4 +202,24 @@ impl Sampler {
             Err(_) => candidates[0].0,
         }
     }
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
+    logits.iter().map(|l| l - log_sum).collect()
+}
+
+/// The `k` largest entries, largest first; ties go to the lower token id.
+fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut indexed: Vec<(u32, f32)> = values.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let k = k.min(indexed.len());
+    indexed.select_nth_unstable_by(k - 1, order);
+    indexed.truncate(k);
+    indexed.sort_by(order);
+    indexed
 }

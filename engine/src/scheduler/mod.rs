@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::error::{EngineError, Result};
 use crate::model::kv_cache::SequenceKv;
 use crate::model::llama::{LlamaModel, Segment};
-use crate::sampling::SamplingParams;
+use crate::sampling::{SamplingParams, TokenLogprob};
 use crate::tokenizer::TextTokenizer;
 use sequence::{Sequence, StepOutcome};
 
@@ -82,8 +82,12 @@ pub struct Completion {
 
 #[derive(Debug)]
 pub enum GenerationEvent {
-    /// Newly generated text (never empty).
-    Text(String),
+    /// Newly generated text, with the log-probabilities of the tokens sampled since the last
+    /// event when the request asked for them. Never both empty.
+    Text {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     Finished(Completion),
     Failed(EngineError),
 }

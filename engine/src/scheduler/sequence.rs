@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use crate::error::EngineError;
 use crate::model::kv_cache::SequenceKv;
 use crate::model::llama::Segment;
-use crate::sampling::{Sampler, StopMatcher, StopOutcome};
+use crate::sampling::{Sampler, StopMatcher, StopOutcome, TokenLogprob};
 use crate::scheduler::{
     Completion, FinishReason, GenerationEvent, GenerationRequest, GenerationTimings,
 };
@@ -32,6 +32,8 @@ pub(super) struct Sequence {
     sampler: Sampler,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
+    /// Log-probabilities not yet sent (their text may be held back by the stop matcher).
+    pending_logprobs: Vec<TokenLogprob>,
 }
 
 impl Sequence {
@@ -54,6 +56,7 @@ impl Sequence {
             sampler,
             decoder: IncrementalDecoder::default(),
             stop,
+            pending_logprobs: Vec::new(),
         }
     }
 
@@ -93,7 +96,8 @@ impl Sequence {
         logits: &mut [f32],
         tokenizer: &TextTokenizer,
     ) -> StepOutcome {
-        let token = self.sampler.sample(logits);
+        let sampled = self.sampler.sample(logits);
+        let token = sampled.token;
         self.generated += 1;
         let now = Instant::now();
         self.first_token.get_or_insert(now);
@@ -105,6 +109,7 @@ impl Sequence {
             self.send_text(tail);
             return self.finish(FinishReason::Stop);
         }
+        self.pending_logprobs.extend(sampled.logprob);
         self.tokens.push(token);
         let text = match self.decoder.push(tokenizer, token) {
             Ok(text) => text,
@@ -131,9 +136,10 @@ impl Sequence {
         }
     }
 
-    fn send_text(&self, text: String) {
-        if !text.is_empty() {
-            let _ = self.events.send(GenerationEvent::Text(text));
+    fn send_text(&mut self, text: String) {
+        if !text.is_empty() || !self.pending_logprobs.is_empty() {
+            let logprobs = std::mem::take(&mut self.pending_logprobs);
+            let _ = self.events.send(GenerationEvent::Text { text, logprobs });
         }
     }
 
