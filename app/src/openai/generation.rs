@@ -11,8 +11,8 @@ use engine::{
     ChatModel, Completion, FinishReason, GenerationEvent, GenerationRequest, GenerationStream,
     SamplingParams, TokenLogprob,
 };
-use serde_json::{Value, json};
 use futures::{Stream, StreamExt};
+use serde_json::{Value, json};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::error::{AppError, AppResult};
@@ -152,7 +152,9 @@ impl GenerationPlan {
     }
 
     pub fn wants_logprobs(&self) -> bool {
-        self.requests.first().is_some_and(|r| r.sampling.logprobs.is_some())
+        self.requests
+            .first()
+            .is_some_and(|r| r.sampling.logprobs.is_some())
     }
 
     /// Queues every choice; nothing is queued if any is refused.
@@ -297,7 +299,11 @@ pub fn chat_logprobs(model: &ChatModel, logprobs: &[TokenLogprob]) -> Value {
 }
 
 /// Completions' `logprobs` object; `offset` is where this part's text starts in the choice.
-pub fn completion_logprobs(model: &ChatModel, logprobs: &[TokenLogprob], mut offset: usize) -> Value {
+pub fn completion_logprobs(
+    model: &ChatModel,
+    logprobs: &[TokenLogprob],
+    mut offset: usize,
+) -> Value {
     let mut tokens = Vec::with_capacity(logprobs.len());
     let mut token_logprobs = Vec::with_capacity(logprobs.len());
     let mut top_logprobs = Vec::with_capacity(logprobs.len());

@@ -133,7 +133,10 @@ impl Sampler {
         self.seen.insert(token);
         let logprob = log_probs.map(|(top, log_probs)| TokenLogprob {
             token,
-            logprob: log_probs.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+            logprob: log_probs
+                .get(token as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY),
             top: top_k(&log_probs, top),
         });
         Sampled { token, logprob }
@@ -215,7 +218,11 @@ fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
     if k == 0 {
         return Vec::new();
     }
-    let mut indexed: Vec<(u32, f32)> = values.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+    let mut indexed: Vec<(u32, f32)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i as u32, v))
+        .collect();
     let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     let k = k.min(indexed.len());
     indexed.select_nth_unstable_by(k - 1, order);
