@@ -42,6 +42,7 @@ impl ModelRegistry {
                         max_running: config.engine.max_running,
                         max_waiting: config.engine.max_waiting,
                         max_batched_tokens: config.engine.max_batched_tokens,
+                        threads: config.threads,
                     };
                     let chat = ChatModel::load(&source, options).with_context(|| {
                         format!("loading model {} from {}", model.name, model.path.display())

@@ -29,6 +29,8 @@ pub struct SchedulerOptions {
     pub max_waiting: usize,
     /// Tokens in one forward pass; long prompts are prefilled in chunks of this size.
     pub max_batched_tokens: usize,
+    /// Threads of this model's compute pool (the engine loop runs on one of them).
+    pub threads: usize,
 }
 
 impl Default for SchedulerOptions {
@@ -37,6 +39,7 @@ impl Default for SchedulerOptions {
             max_running: 32,
             max_waiting: 256,
             max_batched_tokens: 512,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -122,7 +125,9 @@ pub struct Scheduler {
     counters: Arc<Counters>,
     options: SchedulerOptions,
     n_layers: usize,
-    thread: Arc<parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Signalled (by disconnecting) when the engine loop has returned.
+    stopped: Arc<parking_lot::Mutex<Option<std_mpsc::Receiver<()>>>>,
+    _pool: Arc<rayon::ThreadPool>,
 }
 
 impl Scheduler {
@@ -143,19 +148,31 @@ impl Scheduler {
             running: Vec::new(),
             shutdown_deadline: None,
         };
-        let thread = std::thread::Builder::new()
-            .name("engine".into())
-            .spawn(move || worker.run(inbox))
-            .map_err(|source| EngineError::Io {
-                path: "engine thread".into(),
-                source,
+        let (stopped_tx, stopped) = std_mpsc::channel::<()>();
+        // The loop runs on a worker of the model's own compute pool, so the thread that
+        // drives each step also takes part in its parallel kernels instead of waiting beside
+        // them (with one more thread than cores, idle workers yielding stole time from the
+        // serial parts). The pool is the model's alone: the loop blocks one worker while
+        // idle, which must never starve anyone else's parallel work.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(options.threads.max(1))
+            .thread_name(|i| format!("engine-{i}"))
+            .build()
+            .map_err(|e| EngineError::InvalidParameter {
+                param: "threads",
+                message: e.to_string(),
             })?;
+        pool.spawn(move || {
+            worker.run(inbox);
+            drop(stopped_tx);
+        });
         Ok(Self {
             commands,
             counters,
             options,
             n_layers,
-            thread: Arc::new(parking_lot::Mutex::new(Some(thread))),
+            stopped: Arc::new(parking_lot::Mutex::new(Some(stopped))),
+            _pool: Arc::new(pool),
         })
     }
 
@@ -184,13 +201,14 @@ impl Scheduler {
     }
 
     /// Lets running sequences finish until `grace` has passed, aborts the rest, and waits
-    /// for the engine thread to exit.
+    /// for the engine loop to return.
     pub fn shutdown(&self, grace: Duration) {
         let _ = self.commands.send(Command::Shutdown {
             deadline: Instant::now() + grace,
         });
-        if let Some(thread) = self.thread.lock().take() {
-            let _ = thread.join();
+        if let Some(stopped) = self.stopped.lock().take() {
+            // Returns once the loop drops its sender.
+            let _ = stopped.recv();
         }
     }
 }
