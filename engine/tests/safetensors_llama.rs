@@ -162,7 +162,7 @@ fn safetensors_checkpoint_predicts_like_the_gguf_it_came_from() {
                 finished = true;
             }
             GenerationEvent::Failed(e) => panic!("{e}"),
-            GenerationEvent::Text(_) => {}
+            GenerationEvent::Text { .. } => {}
         }
     }
     assert!(finished);
