@@ -2,6 +2,8 @@
 //! (`tests/data/llama_cpp_greedy.json`, with the command that produced it). A divergence
 //! is accepted only where llama.cpp itself saw a near-tie between its top two logits.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::PathBuf;
 
 use engine::formats::gguf::GgufFile;

@@ -2,6 +2,8 @@
 //! into a Hugging Face checkpoint directory (Q/K weights un-permuted back to HF's rotary
 //! layout), and both loaders must predict the same next tokens.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,8 @@
 //! The GGUF tokenizer against llama.cpp: token ids recorded once from llama.cpp
 //! (`tests/data/llama_cpp_tokens.json`, with the command that produced them) must match.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::PathBuf;
 
 use engine::formats::gguf::GgufFile;

@@ -1,6 +1,8 @@
 //! Start-up and shutdown of the real binary: config errors, graceful SIGTERM with a stream
 //! in flight, and conversations that survive a restart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use std::process::Command;

@@ -1,5 +1,7 @@
 //! The OpenAI-compatible API over raw HTTP: shapes, streaming framing, errors, batching.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 mod common;
 
 use common::{CHAT_MODEL, EMBED_MODEL, Server, sse_payloads};

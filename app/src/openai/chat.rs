@@ -3,17 +3,18 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use engine::ChatMessage;
-use futures::StreamExt;
+use std::sync::Arc;
+
+use engine::{ChatMessage, ChatModel, TokenLogprob};
 use serde_json::{Value, json};
 
 use crate::error::{AppError, AppResult};
 use crate::openai::generation::{
-    Api, ChoiceEvent, GenerationPlan, chat_logprobs, collect, finish_reason, merge_choices,
-    sse_response, unix_now,
+    Api, ChoiceChunks, ChunkFrame, GenerationPlan, chat_logprobs, collect, merge_choices,
+    stream_choices, unix_now,
 };
 use crate::openai::json::OpenAiJson;
-use crate::openai::types::{ChatCompletionRequest, ChatMessageIn, MessageContent, Usage};
+use crate::openai::types::{ChatCompletionRequest, ChatMessageIn, MessageContent};
 use crate::state::AppState;
 
 pub async fn chat_completions(
@@ -83,48 +84,42 @@ pub async fn chat_completions(
         .into_response());
     }
 
-    let include_usage = plan.include_usage;
-    let prompt_tokens = plan.prompt_tokens;
-    let chunk = move |choices: Value, usage: Option<Usage>| {
-        let mut chunk = json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": name,
-            "choices": choices,
-        });
-        if include_usage {
-            chunk["usage"] = json!(usage);
-        }
-        chunk
+    let frame = ChunkFrame {
+        id,
+        object: "chat.completion.chunk",
+        created,
+        model: name,
+        include_usage: plan.include_usage,
     };
-    let payloads = async_stream::stream! {
-        for index in 0..n {
-            yield Ok(chunk(json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), None));
-        }
-        let mut usage = Usage::new(prompt_tokens, 0);
-        futures::pin_mut!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(ChoiceEvent::Text(index, text, logprobs)) => {
-                    let logprobs = want_logprobs.then(|| chat_logprobs(&model, &logprobs));
-                    yield Ok(chunk(json!([{"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null}]), None));
-                }
-                Ok(ChoiceEvent::Finished(index, completion)) => {
-                    usage = usage.add(Usage::new(0, completion.completion_tokens));
-                    yield Ok(chunk(json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": finish_reason(completion.reason)}]), None));
-                }
-                Err(error) => {
-                    yield Err(error);
-                    return;
-                }
-            }
-        }
-        if include_usage {
-            yield Ok(chunk(json!([]), Some(usage)));
-        }
+    let style = ChatChunks {
+        model,
+        want_logprobs,
     };
-    Ok(sse_response(payloads))
+    Ok(stream_choices(frame, n, plan.prompt_tokens, events, style))
+}
+
+struct ChatChunks {
+    model: Arc<ChatModel>,
+    want_logprobs: bool,
+}
+
+impl ChoiceChunks for ChatChunks {
+    fn opening(&self, index: usize) -> Option<Value> {
+        Some(
+            json!({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
+        )
+    }
+
+    fn text(&mut self, index: usize, text: String, logprobs: &[TokenLogprob]) -> Value {
+        let logprobs = self
+            .want_logprobs
+            .then(|| chat_logprobs(&self.model, logprobs));
+        json!({"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": null})
+    }
+
+    fn finish(&self, index: usize, reason: &'static str) -> Value {
+        json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": reason})
+    }
 }
 
 pub fn convert_messages(messages: &[ChatMessageIn]) -> AppResult<Vec<ChatMessage>> {

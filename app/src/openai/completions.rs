@@ -3,16 +3,18 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use std::sync::Arc;
+
+use engine::{ChatModel, TokenLogprob};
 use serde_json::{Value, json};
 
 use crate::error::{AppError, AppResult};
 use crate::openai::generation::{
-    Api, ChoiceEvent, GenerationPlan, collect, completion_logprobs, finish_reason, merge_choices,
-    sse_response, unix_now,
+    Api, ChoiceChunks, ChunkFrame, GenerationPlan, collect, completion_logprobs, merge_choices,
+    stream_choices, unix_now,
 };
 use crate::openai::json::OpenAiJson;
-use crate::openai::types::{CompletionRequest, PromptField, Usage};
+use crate::openai::types::{CompletionRequest, PromptField};
 use crate::state::AppState;
 
 pub async fn completions(
@@ -92,51 +94,45 @@ pub async fn completions(
         .into_response());
     }
 
-    let include_usage = plan.include_usage;
-    let prompt_tokens = plan.prompt_tokens;
-    let chunk = move |choices: Value, usage: Option<Usage>| {
-        let mut chunk = json!({
-            "id": id,
-            "object": "text_completion",
-            "created": created,
-            "model": name,
-            "choices": choices,
-        });
-        if include_usage {
-            chunk["usage"] = json!(usage);
-        }
-        chunk
+    let frame = ChunkFrame {
+        id,
+        object: "text_completion",
+        created,
+        model: name,
+        include_usage: plan.include_usage,
     };
-    let echo_len = echo.as_ref().map_or(0, String::len);
-    let payloads = async_stream::stream! {
-        if let Some(prefix) = echo {
-            for index in 0..n {
-                yield Ok(chunk(json!([{"index": index, "text": prefix, "logprobs": null, "finish_reason": null}]), None));
-            }
-        }
-        let mut usage = Usage::new(prompt_tokens, 0);
-        let mut offsets = vec![echo_len; n];
-        futures::pin_mut!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(ChoiceEvent::Text(index, text, logprobs)) => {
-                    let logprobs = want_logprobs.then(|| completion_logprobs(&model, &logprobs, offsets[index]));
-                    offsets[index] += text.len();
-                    yield Ok(chunk(json!([{"index": index, "text": text, "logprobs": logprobs, "finish_reason": null}]), None));
-                }
-                Ok(ChoiceEvent::Finished(index, completion)) => {
-                    usage = usage.add(Usage::new(0, completion.completion_tokens));
-                    yield Ok(chunk(json!([{"index": index, "text": "", "logprobs": null, "finish_reason": finish_reason(completion.reason)}]), None));
-                }
-                Err(error) => {
-                    yield Err(error);
-                    return;
-                }
-            }
-        }
-        if include_usage {
-            yield Ok(chunk(json!([]), Some(usage)));
-        }
+    let style = CompletionChunks {
+        offsets: vec![echo.as_ref().map_or(0, String::len); n],
+        echo,
+        model,
+        want_logprobs,
     };
-    Ok(sse_response(payloads))
+    Ok(stream_choices(frame, n, plan.prompt_tokens, events, style))
+}
+
+struct CompletionChunks {
+    echo: Option<String>,
+    /// Where each choice's next text starts, for `logprobs.text_offset`.
+    offsets: Vec<usize>,
+    model: Arc<ChatModel>,
+    want_logprobs: bool,
+}
+
+impl ChoiceChunks for CompletionChunks {
+    fn opening(&self, index: usize) -> Option<Value> {
+        let prefix = self.echo.as_ref()?;
+        Some(json!({"index": index, "text": prefix, "logprobs": null, "finish_reason": null}))
+    }
+
+    fn text(&mut self, index: usize, text: String, logprobs: &[TokenLogprob]) -> Value {
+        let logprobs = self
+            .want_logprobs
+            .then(|| completion_logprobs(&self.model, logprobs, self.offsets[index]));
+        self.offsets[index] += text.len();
+        json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": null})
+    }
+
+    fn finish(&self, index: usize, reason: &'static str) -> Value {
+        json!({"index": index, "text": "", "logprobs": null, "finish_reason": reason})
+    }
 }

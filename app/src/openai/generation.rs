@@ -105,10 +105,8 @@ impl GenerationPlan {
             Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
             Some(_) => return Err(AppError::bad_request("top_k", "must be -1, 0 or positive")),
         };
-        let seed = match fields.seed {
-            Some(s) => Some(s as u64),
-            None => None,
-        };
+        // Negative seeds are accepted and reinterpreted, as vLLM does with Python ints.
+        let seed = fields.seed.map(|s| s as u64);
         let sampling = SamplingParams {
             temperature: fields.temperature.unwrap_or(1.0),
             top_p: fields.top_p.unwrap_or(1.0),
@@ -262,9 +260,82 @@ pub async fn collect(
     })
 }
 
+/// How one API spells its streamed choice entries; the framing around them is shared.
+pub trait ChoiceChunks: Send + 'static {
+    /// The entry that opens choice `index`, if the API sends one.
+    fn opening(&self, index: usize) -> Option<Value>;
+    fn text(&mut self, index: usize, text: String, logprobs: &[TokenLogprob]) -> Value;
+    fn finish(&self, index: usize, reason: &'static str) -> Value;
+}
+
+/// The fields every chunk of one streamed response carries.
+pub struct ChunkFrame {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub include_usage: bool,
+}
+
+impl ChunkFrame {
+    fn chunk(&self, choices: Value, usage: Option<Usage>) -> Value {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if self.include_usage {
+            chunk["usage"] = json!(usage);
+        }
+        chunk
+    }
+}
+
+/// Streams `n` choices as SSE: opening entries, one chunk per text delta and per finish,
+/// then (if asked) a final chunk with the usage and no choices.
+pub fn stream_choices(
+    frame: ChunkFrame,
+    n: usize,
+    prompt_tokens: usize,
+    events: impl Stream<Item = Result<ChoiceEvent, AppError>> + Send + 'static,
+    mut style: impl ChoiceChunks,
+) -> Response {
+    let payloads = async_stream::stream! {
+        for index in 0..n {
+            if let Some(entry) = style.opening(index) {
+                yield Ok(frame.chunk(json!([entry]), None));
+            }
+        }
+        let mut usage = Usage::new(prompt_tokens, 0);
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(ChoiceEvent::Text(index, text, logprobs)) => {
+                    yield Ok(frame.chunk(json!([style.text(index, text, &logprobs)]), None));
+                }
+                Ok(ChoiceEvent::Finished(index, completion)) => {
+                    usage = usage.add(Usage::new(0, completion.completion_tokens));
+                    let entry = style.finish(index, finish_reason(completion.reason));
+                    yield Ok(frame.chunk(json!([entry]), None));
+                }
+                Err(error) => {
+                    yield Err(error);
+                    return;
+                }
+            }
+        }
+        if frame.include_usage {
+            yield Ok(frame.chunk(json!([]), Some(usage)));
+        }
+    };
+    sse_response(payloads)
+}
+
 /// Frames JSON payloads as `data:` events and ends with `data: [DONE]`. An error mid-way
 /// becomes a final `data: {"error": ...}` event, as OpenAI does.
-pub fn sse_response(
+fn sse_response(
     payloads: impl Stream<Item = Result<serde_json::Value, AppError>> + Send + 'static,
 ) -> Response {
     let events = payloads

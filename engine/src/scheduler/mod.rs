@@ -219,6 +219,8 @@ struct Worker {
     options: SchedulerOptions,
     counters: Arc<Counters>,
     waiting: VecDeque<Box<Sequence>>,
+    // Boxed: sequences move between the queue and the batch, and are large.
+    #[allow(clippy::vec_box)]
     running: Vec<Box<Sequence>>,
     shutdown_deadline: Option<Instant>,
 }
@@ -326,10 +328,10 @@ impl Worker {
         let mut finished = Vec::new();
         for ((i, _), mut row) in plans.iter().zip(logits) {
             let seq = &mut self.running[*i];
-            if seq.is_decoding() {
-                if let StepOutcome::Finished = seq.accept_logits(&mut row, &self.tokenizer) {
-                    finished.push(*i);
-                }
+            if seq.is_decoding()
+                && let StepOutcome::Finished = seq.accept_logits(&mut row, &self.tokenizer)
+            {
+                finished.push(*i);
             }
         }
         for i in finished.into_iter().rev() {

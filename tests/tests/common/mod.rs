@@ -1,6 +1,7 @@
 //! Test harness: starts the real `agentbox` binary on a free port with a fresh data
 //! directory and the real default models, and stops it with SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
