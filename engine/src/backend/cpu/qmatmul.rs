@@ -37,6 +37,23 @@ struct QuantizedRow {
 }
 
 fn quantize_row(row: &[f32]) -> QuantizedRow {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { quantize_row_avx2(row) };
+    }
+    quantize_row_inline(row)
+}
+
+/// The same code compiled with AVX2 enabled, so the per-element loop vectorizes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(row: &[f32]) -> QuantizedRow {
+    quantize_row_inline(row)
+}
+
+#[inline(always)]
+fn quantize_row_inline(row: &[f32]) -> QuantizedRow {
     let blocks = row.len() / BLOCK;
     let mut q = QuantizedRow {
         scales: Vec::with_capacity(blocks),
@@ -49,6 +66,8 @@ fn quantize_row(row: &[f32]) -> QuantizedRow {
         let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
         let mut sum = 0i32;
         for (i, v) in chunk.iter().enumerate() {
+            // Half away from zero, as llama.cpp's reference `roundf` (ties to even
+            // follows it less closely: see engine/tests/greedy_parity.rs).
             let x = (v * inverse).round() as i32;
             q.values[b * BLOCK + i] = x as i8;
             sum += x;
