@@ -151,7 +151,7 @@ impl Config {
             max_batched_tokens: positive(
                 "engine.max_batched_tokens",
                 engine_raw.max_batched_tokens,
-                512,
+                128,
             )?,
             shutdown_grace_secs: engine_raw.shutdown_grace_secs.unwrap_or(10),
         };

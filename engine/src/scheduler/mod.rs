@@ -38,7 +38,7 @@ impl Default for SchedulerOptions {
         Self {
             max_running: 32,
             max_waiting: 256,
-            max_batched_tokens: 512,
+            max_batched_tokens: 128,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
