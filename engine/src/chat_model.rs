@@ -123,7 +123,7 @@ impl ChatModel {
                 message: "must be at least 1".into(),
             });
         }
-        let requested = request.prompt.len() + request.max_new_tokens;
+        let requested = request.prompt.len().saturating_add(request.max_new_tokens);
         if requested > self.context_length {
             return Err(EngineError::ContextLengthExceeded {
                 prompt: request.prompt.len(),

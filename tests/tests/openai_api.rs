@@ -145,6 +145,13 @@ async fn models_chat_and_errors() {
         body["error"]["message"].as_str().unwrap().contains("8192"),
         "{body}"
     );
+
+    // A huge max_tokens is refused, never clamped (the sum is computed saturating).
+    let mut huge = greedy_chat("hi", 1);
+    huge["max_tokens"] = json!(i64::MAX);
+    let (status, body) = post(&server, "/v1/chat/completions", huge).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
 }
 
 #[tokio::test]

@@ -279,7 +279,12 @@ impl Worker {
 
         let _span = tracing::trace_span!("engine_step", running = self.running.len()).entered();
         // Decode tokens first, then prefill chunks with what is left of the token budget.
-        let mut budget = self.options.max_batched_tokens;
+        // Chunks always end at multiples of `max_batched_tokens` in the sequence, whatever
+        // else shares the step: attention's matrix shapes, and so its rounding, then depend
+        // on the prompt alone, and batched output equals unbatched output exactly. One
+        // chunk is always taken, so prefill cannot starve behind many decodes.
+        let chunk = self.options.max_batched_tokens;
+        let mut budget = chunk;
         let mut plans: Vec<(usize, usize)> = Vec::new(); // (running index, token count)
         for (i, seq) in self.running.iter().enumerate() {
             if seq.is_decoding() {
@@ -287,11 +292,16 @@ impl Worker {
                 budget = budget.saturating_sub(1);
             }
         }
+        let mut prefill_taken = false;
         for (i, seq) in self.running.iter().enumerate() {
-            if !seq.is_decoding() && budget > 0 {
-                let take = seq.prefill_remaining().min(budget);
+            if seq.is_decoding() {
+                continue;
+            }
+            let take = seq.prefill_remaining().min(chunk - seq.cached() % chunk);
+            if take <= budget || !prefill_taken {
                 plans.push((i, take));
-                budget -= take;
+                budget = budget.saturating_sub(take);
+                prefill_taken = true;
             }
         }
         plans.sort_unstable();

@@ -64,7 +64,8 @@ impl Sequence {
         self.events.is_closed()
     }
 
-    fn cached(&self) -> usize {
+    /// Tokens already in the KV cache.
+    pub(super) fn cached(&self) -> usize {
         self.kv.len()
     }
 
