@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+/// Each chat model's KV cache by default: 1 GiB (SmolLM2-135M: 23,296 tokens).
+const DEFAULT_KV_CACHE_BYTES: usize = 1 << 30;
+
 /// The YAML file as written; every field optional so layers can override each other.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +31,55 @@ pub struct RawEngineConfig {
     pub max_waiting: Option<usize>,
     pub max_batched_tokens: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
+    /// Memory for each chat model's paged KV cache, in bytes (e.g. 1073741824) or with a
+    /// unit: "512MiB", "2GiB".
+    pub kv_cache_bytes: Option<ByteSize>,
+}
+
+/// A size in bytes, written as a number or as a string with a KiB/MiB/GiB unit.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "serde_yaml::Value")]
+pub struct ByteSize(pub usize);
+
+impl TryFrom<serde_yaml::Value> for ByteSize {
+    type Error = String;
+
+    fn try_from(value: serde_yaml::Value) -> Result<Self, Self::Error> {
+        match value {
+            serde_yaml::Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .map(ByteSize)
+                .ok_or_else(|| format!("{n} is not a byte count")),
+            serde_yaml::Value::String(text) => parse_byte_size(&text).map(ByteSize),
+            other => Err(format!("{other:?} is not a size like 2GiB")),
+        }
+    }
+}
+
+pub fn parse_byte_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 2GiB"))?;
+    let multiplier: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +136,7 @@ pub struct EngineConfig {
     pub max_waiting: usize,
     pub max_batched_tokens: usize,
     pub shutdown_grace_secs: u64,
+    pub kv_cache_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +207,11 @@ impl Config {
                 128,
             )?,
             shutdown_grace_secs: engine_raw.shutdown_grace_secs.unwrap_or(10),
+            kv_cache_bytes: match engine_raw.kv_cache_bytes {
+                Some(ByteSize(0)) => bail!("engine.kv_cache_bytes: must be more than 0"),
+                Some(ByteSize(bytes)) => bytes,
+                None => DEFAULT_KV_CACHE_BYTES,
+            },
         };
         let raw_models = raw.models.unwrap_or_else(default_models);
         if raw_models.is_empty() {

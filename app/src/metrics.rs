@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::models::ModelRegistry;
@@ -14,6 +15,8 @@ pub struct Metrics {
     registry: Registry,
     running: IntGaugeVec,
     waiting: IntGaugeVec,
+    kv_cache_usage: GaugeVec,
+    preemptions: IntGaugeVec,
     time_to_first_token: HistogramVec,
     time_per_output_token: HistogramVec,
     e2e_latency: HistogramVec,
@@ -63,6 +66,18 @@ impl Metrics {
                 "vllm:num_requests_waiting",
                 "Requests waiting to be scheduled.",
             )?,
+            kv_cache_usage: GaugeVec::new(
+                Opts::new(
+                    "vllm:kv_cache_usage_perc",
+                    "KV-cache usage. 1 means 100 percent usage.",
+                ),
+                label,
+            )?,
+            // A counter in vLLM; exported from the engine's own running total.
+            preemptions: gauge(
+                "vllm:num_preemptions_total",
+                "Cumulative number of preemptions from the engine.",
+            )?,
             time_to_first_token: histogram(
                 "vllm:time_to_first_token_seconds",
                 "Time to first token in seconds.",
@@ -97,6 +112,8 @@ impl Metrics {
         let r = &metrics.registry;
         r.register(Box::new(metrics.running.clone()))?;
         r.register(Box::new(metrics.waiting.clone()))?;
+        r.register(Box::new(metrics.kv_cache_usage.clone()))?;
+        r.register(Box::new(metrics.preemptions.clone()))?;
         r.register(Box::new(metrics.time_to_first_token.clone()))?;
         r.register(Box::new(metrics.time_per_output_token.clone()))?;
         r.register(Box::new(metrics.e2e_latency.clone()))?;
@@ -112,6 +129,8 @@ impl Metrics {
         let labels = &[model];
         self.running.with_label_values(labels).set(0);
         self.waiting.with_label_values(labels).set(0);
+        self.kv_cache_usage.with_label_values(labels).set(0.0);
+        self.preemptions.with_label_values(labels).set(0);
         self.time_to_first_token.with_label_values(labels);
         self.time_per_output_token.with_label_values(labels);
         self.e2e_latency.with_label_values(labels);
@@ -161,6 +180,12 @@ impl Metrics {
                 self.waiting
                     .with_label_values(&[name])
                     .set(stats.waiting as i64);
+                self.kv_cache_usage
+                    .with_label_values(&[name])
+                    .set(stats.used_blocks as f64 / stats.total_blocks.max(1) as f64);
+                self.preemptions
+                    .with_label_values(&[name])
+                    .set(stats.preemptions as i64);
             }
         }
         let mut buffer = Vec::new();

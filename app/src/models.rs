@@ -43,11 +43,21 @@ impl ModelRegistry {
                         max_waiting: config.engine.max_waiting,
                         max_batched_tokens: config.engine.max_batched_tokens,
                         threads: config.threads,
+                        kv_cache_bytes: config.engine.kv_cache_bytes,
                     };
                     let chat = ChatModel::load(&source, options).with_context(|| {
                         format!("loading model {} from {}", model.name, model.path.display())
                     })?;
                     let context_length = chat.context_length();
+                    let kv = chat.kv_capacity();
+                    tracing::info!(
+                        model = %model.name,
+                        "KV cache: {} tokens in {} blocks ({} bytes per token, {} MiB)",
+                        kv.tokens,
+                        kv.blocks,
+                        kv.bytes_per_token,
+                        kv.tokens * kv.bytes_per_token >> 20
+                    );
                     registry.chat.insert(model.name.clone(), Arc::new(chat));
                     context_length
                 }

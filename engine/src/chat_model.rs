@@ -11,7 +11,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::gguf_tokenizer::tokenizer_from_gguf;
 use crate::model::llama::LlamaModel;
 use crate::scheduler::{
-    GenerationRequest, GenerationStream, Scheduler, SchedulerOptions, SchedulerStats,
+    GenerationRequest, GenerationStream, KvCapacity, Scheduler, SchedulerOptions, SchedulerStats,
 };
 use crate::tokenizer::{SpecialTokens, TextTokenizer};
 
@@ -133,6 +133,10 @@ impl ChatModel {
             });
         }
         self.scheduler.submit(request)
+    }
+
+    pub fn kv_capacity(&self) -> KvCapacity {
+        self.scheduler.kv_capacity()
     }
 
     pub fn stats(&self) -> SchedulerStats {

@@ -38,6 +38,10 @@ pub enum EngineError {
         requested: usize,
         limit: usize,
     },
+    #[error(
+        "this request needs {requested} tokens of KV cache, but the whole cache holds {capacity}; raise engine.kv_cache_bytes"
+    )]
+    KvCapacityExceeded { requested: usize, capacity: usize },
     #[error("input is too long: {len} tokens, the model accepts at most {limit}")]
     InputTooLong { len: usize, limit: usize },
     #[error("invalid parameter `{param}`: {message}")]
@@ -57,6 +61,7 @@ impl EngineError {
     pub fn class(&self) -> ErrorClass {
         match self {
             EngineError::ContextLengthExceeded { .. }
+            | EngineError::KvCapacityExceeded { .. }
             | EngineError::InputTooLong { .. }
             | EngineError::InvalidParameter { .. } => ErrorClass::BadInput,
             EngineError::QueueFull { .. } | EngineError::Stopped => ErrorClass::Overloaded,

@@ -21,7 +21,7 @@ pub use model::bert::SentenceEmbedder;
 pub use sampling::{SamplingParams, TokenLogprob};
 pub use scheduler::{
     Completion, FinishReason, GenerationEvent, GenerationRequest, GenerationStream,
-    GenerationTimings, SchedulerOptions, SchedulerStats,
+    GenerationTimings, KvCapacity, SchedulerOptions, SchedulerStats,
 };
 
 /// Sets the number of CPU threads the tensor kernels use.

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use engine::formats::gguf::GgufFile;
+use engine::model::kv_cache::{BlockTable, blocks_for};
 use engine::model::llama::{LlamaModel, Segment, argmax};
 
 /// Logit gap below which two candidates count as tied. Both engines quantize activations
@@ -55,15 +56,19 @@ fn greedy_tokens_follow_llama_cpp() {
             .iter()
             .map(|g| g.as_f64().unwrap())
             .collect();
-        let mut kv = model.new_sequence_kv();
+        let mut pool = model.new_kv_pool(blocks_for(prompt.len() + expected.len()));
+        let mut cache = BlockTable::with_blocks((0..pool.n_blocks() as u32).collect());
         let mut next: Vec<u32> = prompt.clone();
         let mut produced = Vec::new();
         for _ in 0..expected.len() {
             let mut logits = model
-                .forward(&mut [Segment {
-                    kv: &mut kv,
-                    tokens: &next,
-                }])
+                .forward(
+                    &mut pool,
+                    &mut [Segment {
+                        cache: &mut cache,
+                        tokens: &next,
+                    }],
+                )
                 .unwrap()
                 .squeeze(0)
                 .unwrap()

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use engine::formats::gguf::GgufFile;
 use engine::formats::gguf_tokenizer::tokenizer_from_gguf;
+use engine::model::kv_cache::{BlockTable, blocks_for};
 use engine::model::llama::{LlamaModel, Segment, argmax};
 use engine::{
     ChatMessage, ChatModel, GenerationEvent, GenerationRequest, ModelSource, SamplingParams,
@@ -95,12 +96,16 @@ fn write_hf_checkpoint(gguf: &GgufFile, dir: &Path) {
 }
 
 fn next_token(model: &LlamaModel, prompt: &[u32]) -> u32 {
-    let mut kv = model.new_sequence_kv();
+    let mut pool = model.new_kv_pool(blocks_for(prompt.len()));
+    let mut cache = BlockTable::with_blocks((0..pool.n_blocks() as u32).collect());
     let logits = model
-        .forward(&mut [Segment {
-            kv: &mut kv,
-            tokens: prompt,
-        }])
+        .forward(
+            &mut pool,
+            &mut [Segment {
+                cache: &mut cache,
+                tokens: prompt,
+            }],
+        )
         .unwrap()
         .squeeze(0)
         .unwrap()

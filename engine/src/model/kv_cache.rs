@@ -1,27 +1,35 @@
-//! Per-sequence key/value cache: one growable buffer per layer, laid out
-//! `[kv_heads, capacity, head_dim]` so a head's keys are contiguous rows.
+//! The paged KV cache. `KvPool` holds every sequence's keys and values in fixed-size blocks
+//! of `BLOCK_SIZE` tokens, per layer laid out `[block][kv_head][slot][head_dim]`; a
+//! sequence's `BlockTable` lists its blocks in order. Attention gathers a sequence's blocks
+//! into one contiguous context per layer and step.
 
-use candle_core::{DType, Device, Tensor};
+use crate::model::config::LlamaConfig;
 
-use crate::error::Result;
+/// Tokens per block.
+pub const BLOCK_SIZE: usize = 16;
 
-const INITIAL_CAPACITY: usize = 64;
+pub struct KvPool {
+    n_blocks: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// Per layer, `n_blocks * kv_heads * BLOCK_SIZE * head_dim` values.
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+}
 
-pub struct SequenceKv {
-    /// Per layer `(keys, values)`, allocated on first use.
-    layers: Vec<Option<(Tensor, Tensor)>>,
+/// One sequence's blocks and the number of tokens they hold.
+#[derive(Debug, Default)]
+pub struct BlockTable {
+    pub blocks: Vec<u32>,
     len: usize,
 }
 
-impl SequenceKv {
-    pub fn new(n_layers: usize) -> Self {
-        Self {
-            layers: (0..n_layers).map(|_| None).collect(),
-            len: 0,
-        }
+impl BlockTable {
+    pub fn with_blocks(blocks: Vec<u32>) -> Self {
+        Self { blocks, len: 0 }
     }
 
-    /// Tokens already in the cache; the next token sits at this position.
+    /// Tokens in the cache; the next token sits at this position.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -30,46 +38,109 @@ impl SequenceKv {
         self.len == 0
     }
 
-    /// Appends `keys`/`values` of shape `[kv_heads, n_new, head_dim]` to `layer` and returns
-    /// views of the whole cache for that layer, `[kv_heads, len + n_new, head_dim]`.
-    pub(crate) fn append(
-        &mut self,
-        layer: usize,
-        keys: &Tensor,
-        values: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let start = self.len;
-        let total = start + keys.dim(1)?;
-        let slot = &mut self.layers[layer];
-        let (cached_keys, cached_values) = match slot.take() {
-            Some((k, v)) if k.dim(1)? >= total => (k, v),
-            previous => {
-                let (heads, _, head_dim) = keys.dims3()?;
-                let old_capacity = previous.as_ref().map_or(Ok(0), |(k, _)| k.dim(1))?;
-                let capacity = total.max(old_capacity * 2).max(INITIAL_CAPACITY);
-                let k = Tensor::zeros((heads, capacity, head_dim), DType::F32, &Device::Cpu)?;
-                let v = Tensor::zeros((heads, capacity, head_dim), DType::F32, &Device::Cpu)?;
-                if let Some((old_k, old_v)) = previous
-                    && start > 0
-                {
-                    k.slice_set(&old_k.narrow(1, 0, start)?.contiguous()?, 1, 0)?;
-                    v.slice_set(&old_v.narrow(1, 0, start)?.contiguous()?, 1, 0)?;
-                }
-                (k, v)
-            }
-        };
-        cached_keys.slice_set(keys, 1, start)?;
-        cached_values.slice_set(values, 1, start)?;
-        let views = (
-            cached_keys.narrow(1, 0, total)?,
-            cached_values.narrow(1, 0, total)?,
-        );
-        *slot = Some((cached_keys, cached_values));
-        Ok(views)
+    /// Tokens the current blocks can hold.
+    pub fn capacity(&self) -> usize {
+        self.blocks.len() * BLOCK_SIZE
     }
 
-    /// Called once per forward pass, after every layer has appended `n_new` tokens.
     pub(crate) fn advance(&mut self, n_new: usize) {
         self.len += n_new;
+    }
+
+    /// Forgets the contents and hands back the blocks (preemption, completion).
+    pub fn take_blocks(&mut self) -> Vec<u32> {
+        self.len = 0;
+        std::mem::take(&mut self.blocks)
+    }
+}
+
+/// Blocks needed to hold `tokens` tokens.
+pub fn blocks_for(tokens: usize) -> usize {
+    tokens.div_ceil(BLOCK_SIZE)
+}
+
+impl KvPool {
+    /// A pool of `n_blocks` blocks. Memory is reserved lazily by the OS (zeroed pages).
+    pub fn new(config: &LlamaConfig, n_blocks: usize) -> Self {
+        let per_layer = n_blocks * config.n_kv_heads * BLOCK_SIZE * config.head_dim;
+        Self {
+            n_blocks,
+            kv_heads: config.n_kv_heads,
+            head_dim: config.head_dim,
+            keys: (0..config.n_layers)
+                .map(|_| vec![0f32; per_layer])
+                .collect(),
+            values: (0..config.n_layers)
+                .map(|_| vec![0f32; per_layer])
+                .collect(),
+        }
+    }
+
+    /// How many blocks fit in `bytes`.
+    pub fn blocks_in(config: &LlamaConfig, bytes: usize) -> usize {
+        bytes / (config.kv_bytes_per_token() * BLOCK_SIZE)
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    /// Bytes one token takes here: exactly `2 * layers * kv_heads * head_dim * 4`.
+    pub fn bytes_per_token(&self) -> usize {
+        2 * self.keys.len() * self.kv_heads * self.head_dim * std::mem::size_of::<f32>()
+    }
+
+    fn offset(&self, block: u32, head: usize, slot: usize) -> usize {
+        ((block as usize * self.kv_heads + head) * BLOCK_SIZE + slot) * self.head_dim
+    }
+
+    /// Writes `t` new tokens' keys and values, each `[kv_heads, t, head_dim]`, at positions
+    /// `start..start + t` of the sequence.
+    pub(crate) fn write(
+        &mut self,
+        layer: usize,
+        table: &BlockTable,
+        start: usize,
+        t: usize,
+        keys: &[f32],
+        values: &[f32],
+    ) {
+        let d = self.head_dim;
+        for head in 0..self.kv_heads {
+            for i in 0..t {
+                let position = start + i;
+                let block = table.blocks[position / BLOCK_SIZE];
+                let at = self.offset(block, head, position % BLOCK_SIZE);
+                let from = (head * t + i) * d;
+                self.keys[layer][at..at + d].copy_from_slice(&keys[from..from + d]);
+                self.values[layer][at..at + d].copy_from_slice(&values[from..from + d]);
+            }
+        }
+    }
+
+    /// The first `len` tokens' keys and values, each as `[kv_heads, len, head_dim]`.
+    pub(crate) fn gather(
+        &self,
+        layer: usize,
+        table: &BlockTable,
+        len: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let d = self.head_dim;
+        let mut keys = vec![0f32; self.kv_heads * len * d];
+        let mut values = vec![0f32; self.kv_heads * len * d];
+        for head in 0..self.kv_heads {
+            for (b, &block) in table.blocks.iter().enumerate() {
+                let first = b * BLOCK_SIZE;
+                if first >= len {
+                    break;
+                }
+                let count = BLOCK_SIZE.min(len - first);
+                let at = self.offset(block, head, 0);
+                let to = (head * len + first) * d;
+                keys[to..to + count * d].copy_from_slice(&self.keys[layer][at..at + count * d]);
+                values[to..to + count * d].copy_from_slice(&self.values[layer][at..at + count * d]);
+            }
+        }
+        (keys, values)
     }
 }

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{EngineError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::model::config::{LlamaConfig, RopeStyle};
-use crate::model::kv_cache::SequenceKv;
+use crate::model::kv_cache::{BlockTable, KvPool};
 use crate::model::weights::{Embedding, Linear, dense_f32};
 
 struct Layer {
@@ -38,9 +38,10 @@ pub struct LlamaModel {
     rope_sin: Tensor,
 }
 
-/// One sequence's share of a forward pass: `tokens` continue its cache at `kv.len()`.
+/// One sequence's share of a forward pass: `tokens` continue its cache at `cache.len()`.
+/// The caller has given the cache enough blocks for them.
 pub struct Segment<'a> {
-    pub kv: &'a mut SequenceKv,
+    pub cache: &'a mut BlockTable,
     pub tokens: &'a [u32],
 }
 
@@ -166,13 +167,14 @@ impl LlamaModel {
         &self.config
     }
 
-    pub fn new_sequence_kv(&self) -> SequenceKv {
-        SequenceKv::new(self.config.n_layers)
+    /// A KV pool of `n_blocks` blocks for this model.
+    pub fn new_kv_pool(&self, n_blocks: usize) -> KvPool {
+        KvPool::new(&self.config, n_blocks)
     }
 
     /// Runs the segments through the model and returns the logits of each segment's last
     /// token, `[segments.len(), vocab]`. Every segment's cache grows by its token count.
-    pub fn forward(&self, segments: &mut [Segment<'_>]) -> Result<Tensor> {
+    pub fn forward(&self, pool: &mut KvPool, segments: &mut [Segment<'_>]) -> Result<Tensor> {
         let cfg = &self.config;
         let mut ids = Vec::new();
         let mut positions = Vec::new();
@@ -184,12 +186,19 @@ impl LlamaModel {
                     message: "empty segment".into(),
                 });
             }
-            let start = seg.kv.len();
+            let start = seg.cache.len();
             if start + seg.tokens.len() > cfg.context_length {
                 return Err(EngineError::InputTooLong {
                     len: start + seg.tokens.len(),
                     limit: cfg.context_length,
                 });
+            }
+            if start + seg.tokens.len() > seg.cache.capacity() {
+                return Err(EngineError::ForwardFailed(format!(
+                    "a sequence was scheduled {} tokens with room for {}",
+                    seg.tokens.len(),
+                    seg.cache.capacity() - start
+                )));
             }
             ids.extend_from_slice(seg.tokens);
             positions.extend((start..start + seg.tokens.len()).map(|p| p as u32));
@@ -214,16 +223,41 @@ impl LlamaModel {
                 .reshape((n, cfg.n_kv_heads, cfg.head_dim))?
                 .transpose(0, 1)?
                 .contiguous()?;
+            let (kv_heads, d) = (cfg.n_kv_heads, cfg.head_dim);
+            let k_all = k.flatten_all()?.to_vec1::<f32>()?;
+            let v_all = v.flatten_all()?.to_vec1::<f32>()?;
             let mut outputs = Vec::with_capacity(segments.len());
             let mut offset = 0;
             for seg in segments.iter_mut() {
                 let len = seg.tokens.len();
-                let q = q.narrow(1, offset, len)?;
-                let k = k.narrow(1, offset, len)?.contiguous()?;
-                let v = v.narrow(1, offset, len)?.contiguous()?;
-                let start = seg.kv.len();
-                let (keys, values) = seg.kv.append(layer_idx, &k, &v)?;
-                outputs.push(self.attention(&q, &keys, &values, start)?);
+                let start = seg.cache.len();
+                // This segment's rows of `[kv_heads, n, d]`, as `[kv_heads, len, d]`.
+                let rows = |all: &[f32], count: usize| -> Vec<f32> {
+                    (0..count)
+                        .flat_map(|h| {
+                            all[(h * n + offset) * d..(h * n + offset + len) * d]
+                                .iter()
+                                .copied()
+                        })
+                        .collect()
+                };
+                pool.write(
+                    layer_idx,
+                    seg.cache,
+                    start,
+                    len,
+                    &rows(&k_all, kv_heads),
+                    &rows(&v_all, kv_heads),
+                );
+                // Gather this sequence's context from its blocks, then matrix multiplications.
+                // (A kernel reading the blocks in place for decode steps summed in a different
+                // order and moved greedy picks at near-ties; see engine/tests/greedy_parity.rs.)
+                let total = start + len;
+                let (keys, values) = pool.gather(layer_idx, seg.cache, total);
+                let keys = Tensor::from_vec(keys, (kv_heads, total, d), &device)?;
+                let values = Tensor::from_vec(values, (kv_heads, total, d), &device)?;
+                let output = self.attention(&q.narrow(1, offset, len)?, &keys, &values, start)?;
+                outputs.push(output);
                 offset += len;
             }
             let attn = Tensor::cat(&outputs, 0)?;
@@ -236,7 +270,7 @@ impl LlamaModel {
             hidden = (hidden + layer.down_proj.forward(&(gate * up)?)?)?;
         }
         for seg in segments.iter_mut() {
-            seg.kv.advance(seg.tokens.len());
+            seg.cache.advance(seg.tokens.len());
         }
         let last_rows = Tensor::from_vec(last_rows, segments.len(), &device)?;
         let last = hidden.index_select(&last_rows, 0)?;

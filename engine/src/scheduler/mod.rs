@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::error::{EngineError, Result};
-use crate::model::kv_cache::SequenceKv;
+use crate::model::kv_cache::{BLOCK_SIZE, KvPool, blocks_for};
 use crate::model::llama::{LlamaModel, Segment};
 use crate::sampling::{SamplingParams, TokenLogprob};
 use crate::tokenizer::TextTokenizer;
@@ -31,6 +31,8 @@ pub struct SchedulerOptions {
     pub max_batched_tokens: usize,
     /// Threads of this model's compute pool (the engine loop runs on one of them).
     pub threads: usize,
+    /// Memory for the paged KV cache.
+    pub kv_cache_bytes: usize,
 }
 
 impl Default for SchedulerOptions {
@@ -40,6 +42,7 @@ impl Default for SchedulerOptions {
             max_waiting: 256,
             max_batched_tokens: 128,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kv_cache_bytes: 1 << 30,
         }
     }
 }
@@ -110,12 +113,27 @@ enum Command {
 struct Counters {
     running: AtomicUsize,
     waiting: AtomicUsize,
+    used_blocks: AtomicUsize,
+    preemptions: AtomicUsize,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SchedulerStats {
     pub running: usize,
     pub waiting: usize,
+    /// KV blocks held by sequences, of `total_blocks`.
+    pub used_blocks: usize,
+    pub total_blocks: usize,
+    /// Sequences preempted (freed, to be recomputed) since start.
+    pub preemptions: usize,
+}
+
+/// The KV cache's size, for the start-up log.
+#[derive(Debug, Clone, Copy)]
+pub struct KvCapacity {
+    pub blocks: usize,
+    pub tokens: usize,
+    pub bytes_per_token: usize,
 }
 
 /// A cheap, cloneable handle to the engine thread.
@@ -124,7 +142,7 @@ pub struct Scheduler {
     commands: std_mpsc::Sender<Command>,
     counters: Arc<Counters>,
     options: SchedulerOptions,
-    n_layers: usize,
+    capacity: KvCapacity,
     /// Signalled (by disconnecting) when the engine loop has returned.
     stopped: Arc<parking_lot::Mutex<Option<std_mpsc::Receiver<()>>>>,
     _pool: Arc<rayon::ThreadPool>,
@@ -138,7 +156,23 @@ impl Scheduler {
     ) -> Result<Self> {
         let (commands, inbox) = std_mpsc::channel();
         let counters = Arc::new(Counters::default());
-        let n_layers = model.config().n_layers;
+        let n_blocks = KvPool::blocks_in(model.config(), options.kv_cache_bytes);
+        if n_blocks == 0 {
+            return Err(EngineError::InvalidParameter {
+                param: "kv_cache_bytes",
+                message: format!(
+                    "{} bytes hold no block of {BLOCK_SIZE} tokens ({} bytes each)",
+                    options.kv_cache_bytes,
+                    model.config().kv_bytes_per_token() * BLOCK_SIZE
+                ),
+            });
+        }
+        let kv_pool = model.new_kv_pool(n_blocks);
+        let capacity = KvCapacity {
+            blocks: n_blocks,
+            tokens: n_blocks * BLOCK_SIZE,
+            bytes_per_token: kv_pool.bytes_per_token(),
+        };
         let worker = Worker {
             model,
             tokenizer,
@@ -147,6 +181,8 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             shutdown_deadline: None,
+            free_blocks: (0..n_blocks as u32).rev().collect(),
+            kv_pool,
         };
         let (stopped_tx, stopped) = std_mpsc::channel::<()>();
         // The loop runs on a worker of the model's own compute pool, so the thread that
@@ -170,7 +206,7 @@ impl Scheduler {
             commands,
             counters,
             options,
-            n_layers,
+            capacity,
             stopped: Arc::new(parking_lot::Mutex::new(Some(stopped))),
             _pool: Arc::new(pool),
         })
@@ -185,8 +221,15 @@ impl Scheduler {
         }
         let (events, stream) = mpsc::unbounded_channel();
         self.counters.waiting.fetch_add(1, Ordering::Relaxed);
-        let kv = SequenceKv::new(self.n_layers);
-        let sequence = Box::new(Sequence::new(request, events, kv));
+        // A request that could never fit would wait forever: refuse it now.
+        let needed = request.prompt.len().saturating_add(request.max_new_tokens);
+        if needed > self.capacity.tokens {
+            return Err(EngineError::KvCapacityExceeded {
+                requested: needed,
+                capacity: self.capacity.tokens,
+            });
+        }
+        let sequence = Box::new(Sequence::new(request, events));
         self.commands
             .send(Command::Submit(sequence))
             .map_err(|_| EngineError::Stopped)?;
@@ -197,7 +240,14 @@ impl Scheduler {
         SchedulerStats {
             running: self.counters.running.load(Ordering::Relaxed),
             waiting: self.counters.waiting.load(Ordering::Relaxed),
+            used_blocks: self.counters.used_blocks.load(Ordering::Relaxed),
+            total_blocks: self.capacity.blocks,
+            preemptions: self.counters.preemptions.load(Ordering::Relaxed),
         }
+    }
+
+    pub fn kv_capacity(&self) -> KvCapacity {
+        self.capacity
     }
 
     /// Lets running sequences finish until `grace` has passed, aborts the rest, and waits
@@ -223,6 +273,9 @@ struct Worker {
     #[allow(clippy::vec_box)]
     running: Vec<Box<Sequence>>,
     shutdown_deadline: Option<Instant>,
+    kv_pool: KvPool,
+    /// Blocks no sequence holds.
+    free_blocks: Vec<u32>,
 }
 
 impl Worker {
@@ -266,47 +319,21 @@ impl Worker {
 
     fn step(&mut self) {
         self.drop_cancelled();
-        while self.running.len() < self.options.max_running {
-            let Some(sequence) = self.waiting.pop_front() else {
-                break;
-            };
-            self.running.push(sequence);
-        }
+        self.admit();
         self.publish_counts();
         if self.running.is_empty() {
             return;
         }
 
         let _span = tracing::trace_span!("engine_step", running = self.running.len()).entered();
-        // Decode tokens first, then prefill chunks with what is left of the token budget.
-        // Chunks always end at multiples of `max_batched_tokens` in the sequence, whatever
-        // else shares the step: attention's matrix shapes, and so its rounding, then depend
-        // on the prompt alone, and batched output equals unbatched output exactly. One
-        // chunk is always taken, so prefill cannot starve behind many decodes.
-        let chunk = self.options.max_batched_tokens;
-        let mut budget = chunk;
-        let mut plans: Vec<(usize, usize)> = Vec::new(); // (running index, token count)
-        for (i, seq) in self.running.iter().enumerate() {
-            if seq.is_decoding() {
-                plans.push((i, 1));
-                budget = budget.saturating_sub(1);
-            }
+        let plans = self.plan();
+        self.publish_counts();
+        if plans.is_empty() {
+            return;
         }
-        let mut prefill_taken = false;
-        for (i, seq) in self.running.iter().enumerate() {
-            if seq.is_decoding() {
-                continue;
-            }
-            let take = seq.prefill_remaining().min(chunk - seq.cached() % chunk);
-            if take <= budget || !prefill_taken {
-                plans.push((i, take));
-                budget = budget.saturating_sub(take);
-                prefill_taken = true;
-            }
-        }
-        plans.sort_unstable();
 
         let now = Instant::now();
+        let kv_pool = &mut self.kv_pool;
         let result = {
             let mut segments: Vec<Segment<'_>> = Vec::with_capacity(plans.len());
             let mut plan_iter = plans.iter().peekable();
@@ -319,7 +346,7 @@ impl Worker {
                     segments.push(seq.segment(count));
                 }
             }
-            self.model.forward(&mut segments)
+            self.model.forward(kv_pool, &mut segments)
         };
         let logits = match result.and_then(|l| Ok(l.to_vec2::<f32>()?)) {
             Ok(logits) => logits,
@@ -327,7 +354,8 @@ impl Worker {
                 tracing::error!(error = %error, "forward pass failed; failing the batch");
                 let message = error.to_string();
                 for (i, _) in plans.iter().rev() {
-                    let seq = self.running.swap_remove(*i);
+                    let mut seq = self.running.swap_remove(*i);
+                    self.free_blocks.extend(seq.release_blocks());
                     seq.fail(EngineError::ForwardFailed(message.clone()));
                 }
                 self.publish_counts();
@@ -338,25 +366,123 @@ impl Worker {
         let mut finished = Vec::new();
         for ((i, _), mut row) in plans.iter().zip(logits) {
             let seq = &mut self.running[*i];
-            if seq.is_decoding()
+            if seq.has_fresh_logits()
                 && let StepOutcome::Finished = seq.accept_logits(&mut row, &self.tokenizer)
             {
                 finished.push(*i);
             }
         }
         for i in finished.into_iter().rev() {
-            self.running.swap_remove(i);
+            let mut seq = self.running.swap_remove(i);
+            self.free_blocks.extend(seq.release_blocks());
         }
         self.publish_counts();
     }
 
     fn drop_cancelled(&mut self) {
         self.waiting.retain(|s| !s.is_cancelled());
-        self.running.retain(|s| !s.is_cancelled());
+        let free_blocks = &mut self.free_blocks;
+        self.running.retain_mut(|s| {
+            if s.is_cancelled() {
+                free_blocks.extend(s.release_blocks());
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Moves waiting sequences into the batch while there is room, oldest (and preempted)
+    /// first. A sequence needs free blocks for its first prefill chunk to be admitted.
+    fn admit(&mut self) {
+        while self.running.len() < self.options.max_running {
+            let Some(next) = self.waiting.front() else {
+                break;
+            };
+            let first_chunk = next
+                .prefill_remaining()
+                .min(self.options.max_batched_tokens);
+            if blocks_for(first_chunk) > self.free_blocks.len() {
+                break;
+            }
+            if let Some(sequence) = self.waiting.pop_front() {
+                self.running.push(sequence);
+            }
+        }
+    }
+
+    /// Chooses this step's segments and gives them blocks. Decode tokens come first, then
+    /// prefill chunks with what is left of the token budget. Chunks always end at multiples
+    /// of `max_batched_tokens` in the sequence, whatever else shares the step: attention's
+    /// matrix shapes, and so its rounding, then depend on the prompt alone, and batched
+    /// output equals unbatched output exactly. One chunk is always taken when blocks allow,
+    /// so prefill cannot starve behind many decodes. When a decoding sequence needs a block
+    /// and none is free, the youngest sequence is preempted: its blocks are freed and it
+    /// waits at the front of the queue to be recomputed.
+    fn plan(&mut self) -> Vec<(usize, usize)> {
+        let chunk = self.options.max_batched_tokens;
+        let mut budget = chunk;
+        let mut plans: Vec<(usize, usize)> = Vec::new(); // (running index, token count)
+        let mut i = 0;
+        while i < self.running.len() {
+            if !self.running[i].is_decoding() {
+                i += 1;
+            } else if self.reserve_or_preempt(i) {
+                plans.push((i, 1));
+                budget = budget.saturating_sub(1);
+                i += 1;
+            }
+            // Otherwise sequence i was the youngest and preempted itself.
+        }
+        let mut prefill_taken = false;
+        for (i, seq) in self.running.iter_mut().enumerate() {
+            if seq.is_decoding() {
+                continue;
+            }
+            let take = seq.next_prefill_len(chunk);
+            if take > budget && prefill_taken {
+                continue;
+            }
+            let missing = seq.blocks_missing(take);
+            if missing > self.free_blocks.len() {
+                continue;
+            }
+            let at = self.free_blocks.len() - missing;
+            seq.add_blocks(self.free_blocks.drain(at..));
+            plans.push((i, take));
+            budget = budget.saturating_sub(take);
+            prefill_taken = true;
+        }
+        plans.sort_unstable();
+        plans
+    }
+
+    /// Gives running sequence `i` room for one more token, preempting the youngest
+    /// sequences if needed. False if `i` itself had to be preempted.
+    fn reserve_or_preempt(&mut self, i: usize) -> bool {
+        loop {
+            let missing = self.running[i].blocks_missing(1);
+            if missing <= self.free_blocks.len() {
+                let at = self.free_blocks.len() - missing;
+                self.running[i].add_blocks(self.free_blocks.drain(at..));
+                return true;
+            }
+            let youngest = self.running.len() - 1;
+            if let Some(mut victim) = self.running.pop() {
+                self.free_blocks.extend(victim.release_blocks());
+                self.counters.preemptions.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("KV cache full: preempted a sequence to recompute later");
+                self.waiting.push_front(victim);
+            }
+            if youngest == i {
+                return false;
+            }
+        }
     }
 
     fn abort_all(&mut self) {
-        for seq in self.running.drain(..) {
+        for mut seq in self.running.drain(..) {
+            self.free_blocks.extend(seq.release_blocks());
             seq.abort();
         }
         for seq in self.waiting.drain(..) {
@@ -373,5 +499,9 @@ impl Worker {
         self.counters
             .waiting
             .store(self.waiting.len(), Ordering::Relaxed);
+        self.counters.used_blocks.store(
+            self.kv_pool.n_blocks() - self.free_blocks.len(),
+            Ordering::Relaxed,
+        );
     }
 }

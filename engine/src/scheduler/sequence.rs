@@ -6,7 +6,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::error::EngineError;
-use crate::model::kv_cache::SequenceKv;
+use crate::model::kv_cache::{BlockTable, blocks_for};
 use crate::model::llama::Segment;
 use crate::sampling::{Sampler, StopMatcher, StopOutcome, TokenLogprob};
 use crate::scheduler::{
@@ -25,7 +25,7 @@ pub(super) struct Sequence {
     submitted: Instant,
     first_scheduled: Option<Instant>,
     first_token: Option<Instant>,
-    kv: SequenceKv,
+    cache: BlockTable,
     /// All tokens fed or to be fed: the prompt, then each sampled token.
     tokens: Vec<u32>,
     generated: usize,
@@ -40,7 +40,6 @@ impl Sequence {
     pub(super) fn new(
         request: GenerationRequest,
         events: mpsc::UnboundedSender<GenerationEvent>,
-        kv: SequenceKv,
     ) -> Self {
         let sampler = Sampler::new(request.sampling.clone(), &request.prompt);
         let stop = StopMatcher::new(request.stop.clone());
@@ -51,7 +50,7 @@ impl Sequence {
             submitted: Instant::now(),
             first_scheduled: None,
             first_token: None,
-            kv,
+            cache: BlockTable::default(),
             generated: 0,
             sampler,
             decoder: IncrementalDecoder::default(),
@@ -66,7 +65,22 @@ impl Sequence {
 
     /// Tokens already in the KV cache.
     pub(super) fn cached(&self) -> usize {
-        self.kv.len()
+        self.cache.len()
+    }
+
+    /// Blocks to add so that `n_new` more tokens fit.
+    pub(super) fn blocks_missing(&self, n_new: usize) -> usize {
+        blocks_for(self.cached() + n_new).saturating_sub(self.cache.blocks.len())
+    }
+
+    pub(super) fn add_blocks(&mut self, blocks: impl IntoIterator<Item = u32>) {
+        self.cache.blocks.extend(blocks);
+    }
+
+    /// Empties the cache (finished, cancelled or preempted) and returns its blocks.
+    /// A preempted sequence recomputes its tokens when it runs again.
+    pub(super) fn release_blocks(&mut self) -> Vec<u32> {
+        self.cache.take_blocks()
     }
 
     /// True once the whole prompt is in the cache: the next step feeds one sampled token.
@@ -74,8 +88,28 @@ impl Sequence {
         self.cached() + 1 >= self.tokens.len() && self.cached() >= self.request.prompt.len()
     }
 
+    /// True right after a forward pass that fed the last known token: its logits choose
+    /// the next one. (Replayed tokens after a preemption are already known.)
+    pub(super) fn has_fresh_logits(&self) -> bool {
+        self.cached() == self.tokens.len()
+    }
+
     pub(super) fn prefill_remaining(&self) -> usize {
         self.tokens.len() - self.cached()
+    }
+
+    /// How many tokens the next prefill segment feeds. The prompt goes in chunks ending at
+    /// multiples of `chunk`; tokens generated before a preemption are replayed one per step,
+    /// exactly as they were first decoded. Either way the computation has the same shapes
+    /// as the first time, so a preempted sequence continues with the very same output.
+    pub(super) fn next_prefill_len(&self, chunk: usize) -> usize {
+        let cached = self.cached();
+        let prompt = self.request.prompt.len();
+        if cached >= prompt {
+            1
+        } else {
+            (prompt - cached).min(chunk - cached % chunk)
+        }
     }
 
     pub(super) fn mark_scheduled(&mut self, now: Instant) {
@@ -86,7 +120,7 @@ impl Sequence {
     pub(super) fn segment(&mut self, count: usize) -> Segment<'_> {
         let start = self.cached();
         Segment {
-            kv: &mut self.kv,
+            cache: &mut self.cache,
             tokens: &self.tokens[start..start + count],
         }
     }
