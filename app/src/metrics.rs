@@ -17,6 +17,8 @@ pub struct Metrics {
     waiting: IntGaugeVec,
     kv_cache_usage: GaugeVec,
     preemptions: IntGaugeVec,
+    prefix_cache_queries: IntGaugeVec,
+    prefix_cache_hits: IntGaugeVec,
     time_to_first_token: HistogramVec,
     time_per_output_token: HistogramVec,
     e2e_latency: HistogramVec,
@@ -73,10 +75,18 @@ impl Metrics {
                 ),
                 label,
             )?,
-            // A counter in vLLM; exported from the engine's own running total.
+            // Counters in vLLM; exported from the engine's own running totals.
             preemptions: gauge(
                 "vllm:num_preemptions_total",
                 "Cumulative number of preemptions from the engine.",
+            )?,
+            prefix_cache_queries: gauge(
+                "vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+            )?,
+            prefix_cache_hits: gauge(
+                "vllm:prefix_cache_hits",
+                "Prefix cache hits, in terms of number of cached tokens.",
             )?,
             time_to_first_token: histogram(
                 "vllm:time_to_first_token_seconds",
@@ -114,6 +124,8 @@ impl Metrics {
         r.register(Box::new(metrics.waiting.clone()))?;
         r.register(Box::new(metrics.kv_cache_usage.clone()))?;
         r.register(Box::new(metrics.preemptions.clone()))?;
+        r.register(Box::new(metrics.prefix_cache_queries.clone()))?;
+        r.register(Box::new(metrics.prefix_cache_hits.clone()))?;
         r.register(Box::new(metrics.time_to_first_token.clone()))?;
         r.register(Box::new(metrics.time_per_output_token.clone()))?;
         r.register(Box::new(metrics.e2e_latency.clone()))?;
@@ -131,6 +143,8 @@ impl Metrics {
         self.waiting.with_label_values(labels).set(0);
         self.kv_cache_usage.with_label_values(labels).set(0.0);
         self.preemptions.with_label_values(labels).set(0);
+        self.prefix_cache_queries.with_label_values(labels).set(0);
+        self.prefix_cache_hits.with_label_values(labels).set(0);
         self.time_to_first_token.with_label_values(labels);
         self.time_per_output_token.with_label_values(labels);
         self.e2e_latency.with_label_values(labels);
@@ -186,6 +200,12 @@ impl Metrics {
                 self.preemptions
                     .with_label_values(&[name])
                     .set(stats.preemptions as i64);
+                self.prefix_cache_queries
+                    .with_label_values(&[name])
+                    .set(stats.prefix_cache_queries as i64);
+                self.prefix_cache_hits
+                    .with_label_values(&[name])
+                    .set(stats.prefix_cache_hits as i64);
             }
         }
         let mut buffer = Vec::new();

@@ -89,3 +89,69 @@ async fn a_small_kv_budget_preempts_but_loses_nothing() {
         "{body}"
     );
 }
+
+async fn chat_with_system(server: &Server, system: &str, question: &str) -> String {
+    let body: Value = reqwest::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .json(&json!({
+            "model": CHAT_MODEL,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+            "max_tokens": 24, "temperature": 0,
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_shared_system_prompt_is_served_from_the_prefix_cache_with_identical_output() {
+    let server = Server::start().await;
+    let system: String = (0..90)
+        .map(|i| format!("Rule {i}: answer politely and briefly. "))
+        .collect();
+    let metrics = || async {
+        let text = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (
+            metric(&text, "vllm:prefix_cache_queries"),
+            metric(&text, "vllm:prefix_cache_hits"),
+        )
+    };
+
+    let cold = chat_with_system(&server, &system, "What is the capital of France?").await;
+    let (queries_before, hits_before) = metrics().await;
+    assert_eq!(hits_before, 0.0);
+    assert!(
+        queries_before > 900.0,
+        "the system prompt should be ~1,000 tokens"
+    );
+
+    // Same prompt again: everything but the last chunk comes from the cache.
+    let warm = chat_with_system(&server, &system, "What is the capital of France?").await;
+    assert_eq!(warm, cold);
+    let (_, hits_after_repeat) = metrics().await;
+    assert!(hits_after_repeat >= 768.0, "hits {hits_after_repeat}");
+
+    // A different question after the same system prompt shares its whole chunks too.
+    let other = chat_with_system(&server, &system, "Name a colour.").await;
+    let (_, hits_after_other) = metrics().await;
+    assert!(hits_after_other - hits_after_repeat >= 768.0);
+
+    // And gives what it gives without any cache (a fresh server).
+    let fresh = Server::start().await;
+    assert_eq!(
+        chat_with_system(&fresh, &system, "Name a colour.").await,
+        other
+    );
+}

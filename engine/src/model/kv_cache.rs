@@ -29,6 +29,11 @@ impl BlockTable {
         Self { blocks, len: 0 }
     }
 
+    /// Blocks whose first `len` tokens are already computed (a cached prefix).
+    pub(crate) fn with_cached_prefix(blocks: Vec<u32>, len: usize) -> Self {
+        Self { blocks, len }
+    }
+
     /// Tokens in the cache; the next token sits at this position.
     pub fn len(&self) -> usize {
         self.len

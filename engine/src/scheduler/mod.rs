@@ -3,6 +3,7 @@
 //! (prefill chunks and decode tokens together), samples, and streams text back. Requests
 //! join and leave between steps; a client that drops its stream cancels its sequence.
 
+mod blocks;
 mod sequence;
 
 use std::collections::VecDeque;
@@ -18,6 +19,7 @@ use crate::model::kv_cache::{BLOCK_SIZE, KvPool, blocks_for};
 use crate::model::llama::{LlamaModel, Segment};
 use crate::sampling::{SamplingParams, TokenLogprob};
 use crate::tokenizer::TextTokenizer;
+use blocks::BlockAllocator;
 use sequence::{Sequence, StepOutcome};
 
 /// Limits of the scheduler.
@@ -115,6 +117,8 @@ struct Counters {
     waiting: AtomicUsize,
     used_blocks: AtomicUsize,
     preemptions: AtomicUsize,
+    prefix_queries: AtomicUsize,
+    prefix_hits: AtomicUsize,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -126,6 +130,9 @@ pub struct SchedulerStats {
     pub total_blocks: usize,
     /// Sequences preempted (freed, to be recomputed) since start.
     pub preemptions: usize,
+    /// Prompt tokens looked up in the prefix cache, and those found, since start.
+    pub prefix_cache_queries: usize,
+    pub prefix_cache_hits: usize,
 }
 
 /// The KV cache's size, for the start-up log.
@@ -181,7 +188,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             shutdown_deadline: None,
-            free_blocks: (0..n_blocks as u32).rev().collect(),
+            blocks: BlockAllocator::new(n_blocks),
             kv_pool,
         };
         let (stopped_tx, stopped) = std_mpsc::channel::<()>();
@@ -243,6 +250,8 @@ impl Scheduler {
             used_blocks: self.counters.used_blocks.load(Ordering::Relaxed),
             total_blocks: self.capacity.blocks,
             preemptions: self.counters.preemptions.load(Ordering::Relaxed),
+            prefix_cache_queries: self.counters.prefix_queries.load(Ordering::Relaxed),
+            prefix_cache_hits: self.counters.prefix_hits.load(Ordering::Relaxed),
         }
     }
 
@@ -274,8 +283,7 @@ struct Worker {
     running: Vec<Box<Sequence>>,
     shutdown_deadline: Option<Instant>,
     kv_pool: KvPool,
-    /// Blocks no sequence holds.
-    free_blocks: Vec<u32>,
+    blocks: BlockAllocator,
 }
 
 impl Worker {
@@ -355,7 +363,7 @@ impl Worker {
                 let message = error.to_string();
                 for (i, _) in plans.iter().rev() {
                     let mut seq = self.running.swap_remove(*i);
-                    self.free_blocks.extend(seq.release_blocks());
+                    self.blocks.release(seq.release_blocks());
                     seq.fail(EngineError::ForwardFailed(message.clone()));
                 }
                 self.publish_counts();
@@ -363,6 +371,9 @@ impl Worker {
             }
         };
 
+        for &(i, _) in &plans {
+            self.register_computed_prefix(i);
+        }
         let mut finished = Vec::new();
         for ((i, _), mut row) in plans.iter().zip(logits) {
             let seq = &mut self.running[*i];
@@ -374,17 +385,17 @@ impl Worker {
         }
         for i in finished.into_iter().rev() {
             let mut seq = self.running.swap_remove(i);
-            self.free_blocks.extend(seq.release_blocks());
+            self.blocks.release(seq.release_blocks());
         }
         self.publish_counts();
     }
 
     fn drop_cancelled(&mut self) {
         self.waiting.retain(|s| !s.is_cancelled());
-        let free_blocks = &mut self.free_blocks;
+        let blocks = &mut self.blocks;
         self.running.retain_mut(|s| {
             if s.is_cancelled() {
-                free_blocks.extend(s.release_blocks());
+                blocks.release(s.release_blocks());
                 false
             } else {
                 true
@@ -402,12 +413,63 @@ impl Worker {
             let first_chunk = next
                 .prefill_remaining()
                 .min(self.options.max_batched_tokens);
-            if blocks_for(first_chunk) > self.free_blocks.len() {
+            if blocks_for(first_chunk) > self.blocks.available() {
                 break;
             }
-            if let Some(sequence) = self.waiting.pop_front() {
+            if let Some(mut sequence) = self.waiting.pop_front() {
+                self.reuse_cached_prefix(&mut sequence);
                 self.running.push(sequence);
             }
+        }
+    }
+
+    /// Starts a sequence with an empty cache on the longest run of whole prompt chunks that
+    /// is cached already. Only whole chunks are reused, and at least one prompt token is
+    /// always computed (its logits pick the first new token): the rest of the prompt is then
+    /// computed in exactly the shapes it would have had uncached, so the output is the same.
+    fn reuse_cached_prefix(&mut self, sequence: &mut Sequence) {
+        if sequence.cached() > 0 {
+            return;
+        }
+        let chunk = self.options.max_batched_tokens;
+        let prompt_len = sequence.prompt_len();
+        let hashes = sequence.prompt_block_hashes();
+        let blocks_per_chunk = chunk / BLOCK_SIZE;
+        let mut reused: Vec<u32> = Vec::new();
+        'chunks: for chunk_hashes in hashes.chunks_exact(blocks_per_chunk) {
+            if (reused.len() + blocks_per_chunk) * BLOCK_SIZE >= prompt_len {
+                break;
+            }
+            let mut taken = Vec::with_capacity(blocks_per_chunk);
+            for &hash in chunk_hashes {
+                match self.blocks.reuse(hash) {
+                    Some(block) => taken.push(block),
+                    None => {
+                        self.blocks.release(taken);
+                        break 'chunks;
+                    }
+                }
+            }
+            reused.extend(taken);
+        }
+        let hit_tokens = reused.len() * BLOCK_SIZE;
+        self.counters
+            .prefix_queries
+            .fetch_add(prompt_len, Ordering::Relaxed);
+        self.counters
+            .prefix_hits
+            .fetch_add(hit_tokens, Ordering::Relaxed);
+        if hit_tokens > 0 {
+            sequence.start_from_cached_prefix(reused, hit_tokens);
+        }
+    }
+
+    /// Makes the prompt chunks a sequence has finished computing reusable by others.
+    fn register_computed_prefix(&mut self, i: usize) {
+        let chunk = self.options.max_batched_tokens;
+        let seq = &mut self.running[i];
+        for (block, hash) in seq.newly_complete_prompt_blocks(chunk) {
+            self.blocks.register(block, hash);
         }
     }
 
@@ -443,12 +505,10 @@ impl Worker {
             if take > budget && prefill_taken {
                 continue;
             }
-            let missing = seq.blocks_missing(take);
-            if missing > self.free_blocks.len() {
+            let Some(blocks) = self.blocks.allocate(seq.blocks_missing(take)) else {
                 continue;
-            }
-            let at = self.free_blocks.len() - missing;
-            seq.add_blocks(self.free_blocks.drain(at..));
+            };
+            seq.add_blocks(blocks);
             plans.push((i, take));
             budget = budget.saturating_sub(take);
             prefill_taken = true;
@@ -461,15 +521,13 @@ impl Worker {
     /// sequences if needed. False if `i` itself had to be preempted.
     fn reserve_or_preempt(&mut self, i: usize) -> bool {
         loop {
-            let missing = self.running[i].blocks_missing(1);
-            if missing <= self.free_blocks.len() {
-                let at = self.free_blocks.len() - missing;
-                self.running[i].add_blocks(self.free_blocks.drain(at..));
+            if let Some(blocks) = self.blocks.allocate(self.running[i].blocks_missing(1)) {
+                self.running[i].add_blocks(blocks);
                 return true;
             }
             let youngest = self.running.len() - 1;
             if let Some(mut victim) = self.running.pop() {
-                self.free_blocks.extend(victim.release_blocks());
+                self.blocks.release(victim.release_blocks());
                 self.counters.preemptions.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("KV cache full: preempted a sequence to recompute later");
                 self.waiting.push_front(victim);
@@ -482,7 +540,7 @@ impl Worker {
 
     fn abort_all(&mut self) {
         for mut seq in self.running.drain(..) {
-            self.free_blocks.extend(seq.release_blocks());
+            self.blocks.release(seq.release_blocks());
             seq.abort();
         }
         for seq in self.waiting.drain(..) {
@@ -499,9 +557,8 @@ impl Worker {
         self.counters
             .waiting
             .store(self.waiting.len(), Ordering::Relaxed);
-        self.counters.used_blocks.store(
-            self.kv_pool.n_blocks() - self.free_blocks.len(),
-            Ordering::Relaxed,
-        );
+        self.counters
+            .used_blocks
+            .store(self.blocks.in_use(), Ordering::Relaxed);
     }
 }

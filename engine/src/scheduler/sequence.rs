@@ -6,9 +6,10 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::error::EngineError;
-use crate::model::kv_cache::{BlockTable, blocks_for};
+use crate::model::kv_cache::{BLOCK_SIZE, BlockTable, blocks_for};
 use crate::model::llama::Segment;
 use crate::sampling::{Sampler, StopMatcher, StopOutcome, TokenLogprob};
+use crate::scheduler::blocks::{BlockHash, chain_hash};
 use crate::scheduler::{
     Completion, FinishReason, GenerationEvent, GenerationRequest, GenerationTimings,
 };
@@ -34,6 +35,10 @@ pub(super) struct Sequence {
     stop: StopMatcher,
     /// Log-probabilities not yet sent (their text may be held back by the stop matcher).
     pending_logprobs: Vec<TokenLogprob>,
+    /// Chained hashes of the prompt's full blocks, computed once.
+    prompt_hashes: Option<Vec<BlockHash>>,
+    /// Prompt blocks already offered to the prefix cache.
+    registered_blocks: usize,
 }
 
 impl Sequence {
@@ -56,6 +61,8 @@ impl Sequence {
             decoder: IncrementalDecoder::default(),
             stop,
             pending_logprobs: Vec::new(),
+            prompt_hashes: None,
+            registered_blocks: 0,
         }
     }
 
@@ -80,7 +87,53 @@ impl Sequence {
     /// Empties the cache (finished, cancelled or preempted) and returns its blocks.
     /// A preempted sequence recomputes its tokens when it runs again.
     pub(super) fn release_blocks(&mut self) -> Vec<u32> {
+        self.registered_blocks = 0;
         self.cache.take_blocks()
+    }
+
+    pub(super) fn prompt_len(&self) -> usize {
+        self.request.prompt.len()
+    }
+
+    /// The chained hashes of the prompt's full blocks.
+    pub(super) fn prompt_block_hashes(&mut self) -> Vec<BlockHash> {
+        let prompt = &self.request.prompt;
+        self.prompt_hashes
+            .get_or_insert_with(|| {
+                let mut parent = None;
+                prompt
+                    .chunks_exact(BLOCK_SIZE)
+                    .map(|tokens| {
+                        let hash = chain_hash(parent, tokens);
+                        parent = Some(hash);
+                        hash
+                    })
+                    .collect()
+            })
+            .clone()
+    }
+
+    /// Starts from `tokens` prompt tokens already cached in `blocks`.
+    pub(super) fn start_from_cached_prefix(&mut self, blocks: Vec<u32>, tokens: usize) {
+        self.registered_blocks = blocks.len();
+        self.cache = BlockTable::with_cached_prefix(blocks, tokens);
+    }
+
+    /// Blocks of whole prompt chunks computed since the last call, with their hashes. Only
+    /// chunks that lie wholly inside the prompt qualify: they were computed as full
+    /// chunks, in the same shapes any other prompt sharing them would use.
+    pub(super) fn newly_complete_prompt_blocks(&mut self, chunk: usize) -> Vec<(u32, BlockHash)> {
+        let whole_chunks = self.cached().min(self.prompt_len()) / chunk;
+        let complete_blocks = whole_chunks * chunk / BLOCK_SIZE;
+        if complete_blocks <= self.registered_blocks {
+            return Vec::new();
+        }
+        let hashes = self.prompt_block_hashes();
+        let from = self.registered_blocks;
+        self.registered_blocks = complete_blocks;
+        (from..complete_blocks)
+            .map(|b| (self.cache.blocks[b], hashes[b]))
+            .collect()
     }
 
     /// True once the whole prompt is in the cache: the next step feeds one sampled token.
