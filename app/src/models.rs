@@ -56,7 +56,7 @@ impl ModelRegistry {
                         kv.tokens,
                         kv.blocks,
                         kv.bytes_per_token,
-                        kv.tokens * kv.bytes_per_token >> 20
+                        (kv.tokens * kv.bytes_per_token) >> 20
                     );
                     registry.chat.insert(model.name.clone(), Arc::new(chat));
                     context_length
