@@ -64,22 +64,27 @@ async fn a_small_kv_budget_preempts_but_loses_nothing() {
         assert_eq!(body["choices"][0]["text"].as_str().unwrap(), expected);
     }
 
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metric(&metrics, "vllm:num_preemptions_total") > 0.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric(&metrics, "vllm:kv_cache_usage_perc"),
-        0.0,
-        "{metrics}"
-    );
-    assert_eq!(metric(&metrics, "vllm:num_requests_running"), 0.0);
+    // Blocks are released right after the last token is sent: poll briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metric(&text, "vllm:num_preemptions_total") > 0.0, "{text}");
+        if metric(&text, "vllm:kv_cache_usage_perc") == 0.0
+            && metric(&text, "vllm:num_requests_running") == 0.0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocks still in use: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     // A request that could never fit is refused at once instead of waiting forever.
     let (status, body) = complete(&server, "hello", 1000).await;
@@ -154,4 +159,113 @@ async fn a_shared_system_prompt_is_served_from_the_prefix_cache_with_identical_o
         chat_with_system(&fresh, &system, "Name a colour.").await,
         other
     );
+}
+
+/// Issue 3's stress test: 64 concurrent streams of mixed lengths, a third of them dropped by
+/// their client part-way, against a KV budget far too small for all of them.
+#[tokio::test]
+async fn sixty_four_streams_with_cancellations_on_a_tiny_budget() {
+    use futures::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentbox.yaml");
+    std::fs::write(&config, "engine:\n  kv_cache_bytes: 28MiB\n").unwrap();
+    let server = Server::start_in(dir.path(), &["--config", config.to_str().unwrap()]).await;
+
+    let prompts = [
+        "Once upon a time,",
+        "The three primary colors are",
+        "def add(a, b):\n",
+        "Dear diary, today",
+    ];
+    let lengths = [4u32, 30, 90];
+    let mut expected = std::collections::HashMap::new();
+    for prompt in prompts {
+        for max_tokens in lengths {
+            let (status, body) = complete(&server, prompt, max_tokens).await;
+            assert_eq!(status, 200, "{body}");
+            expected.insert(
+                (prompt, max_tokens),
+                body["choices"][0]["text"].as_str().unwrap().to_string(),
+            );
+        }
+    }
+
+    let jobs: Vec<(&str, u32, Option<usize>)> = (0..64)
+        .map(|i| {
+            (
+                prompts[i % 4],
+                lengths[(i / 4) % 3],
+                if i % 3 == 0 { Some(1 + i % 5) } else { None },
+            )
+        })
+        .collect();
+    let runs = jobs.iter().map(|&(prompt, max_tokens, cancel_after)| {
+        let url = server.url("/v1/completions");
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&json!({
+                    "model": CHAT_MODEL, "prompt": prompt, "max_tokens": max_tokens,
+                    "temperature": 0, "ignore_eos": true, "stream": true,
+                }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let mut body = response.bytes_stream();
+            let (mut raw, mut chunks) = (String::new(), 0);
+            while let Some(bytes) = body.next().await {
+                raw.push_str(&String::from_utf8_lossy(&bytes.unwrap()));
+                chunks += 1;
+                if cancel_after.is_some_and(|n| chunks >= n) {
+                    return None; // the client walks away
+                }
+            }
+            Some(raw)
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+
+    let mut completed = 0;
+    for (&(prompt, max_tokens, _), result) in jobs.iter().zip(results) {
+        let Some(raw) = result else { continue };
+        completed += 1;
+        assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw}");
+        let text: String = raw
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|p| *p != "[DONE]")
+            .map(|p| {
+                serde_json::from_str::<Value>(p).unwrap()["choices"][0]["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(text, expected[&(prompt, max_tokens)]);
+    }
+    assert!(completed >= 40, "only {completed} streams completed");
+
+    // Every block is free again once the clients are gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let busy =
+            metric(&text, "vllm:num_requests_running") + metric(&text, "vllm:num_requests_waiting");
+        if busy == 0.0 && metric(&text, "vllm:kv_cache_usage_perc") == 0.0 {
+            assert!(
+                metric(&text, "vllm:num_preemptions_total") > 0.0,
+                "the budget never ran out"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still busy: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

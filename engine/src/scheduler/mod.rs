@@ -361,8 +361,9 @@ impl Worker {
             Err(error) => {
                 tracing::error!(error = %error, "forward pass failed; failing the batch");
                 let message = error.to_string();
+                // Descending indices with `remove` keep the batch in admission order.
                 for (i, _) in plans.iter().rev() {
-                    let mut seq = self.running.swap_remove(*i);
+                    let mut seq = self.running.remove(*i);
                     self.blocks.release(seq.release_blocks());
                     seq.fail(EngineError::ForwardFailed(message.clone()));
                 }
@@ -383,8 +384,10 @@ impl Worker {
                 finished.push(*i);
             }
         }
+        // `remove`, not `swap_remove`: the batch stays oldest first, so preemption can take
+        // the youngest from the end.
         for i in finished.into_iter().rev() {
-            let mut seq = self.running.swap_remove(i);
+            let mut seq = self.running.remove(i);
             self.blocks.release(seq.release_blocks());
         }
         self.publish_counts();
