@@ -16,6 +16,28 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Polls /metrics until nothing runs or waits and no block is held; returns the last scrape.
+/// Blocks are released just after a stream's last event, so this may take a moment.
+async fn wait_until_every_block_is_free(server: &Server) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let busy = metric(&text, "vllm:num_requests_running")
+            + metric(&text, "vllm:num_requests_waiting")
+            + metric(&text, "vllm:kv_cache_usage_perc");
+        if busy == 0.0 {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "still busy: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn complete(server: &Server, prompt: &str, max_tokens: u32) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(server.url("/v1/completions"))
@@ -64,27 +86,11 @@ async fn a_small_kv_budget_preempts_but_loses_nothing() {
         assert_eq!(body["choices"][0]["text"].as_str().unwrap(), expected);
     }
 
-    // Blocks are released right after the last token is sent: poll briefly.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let text = reqwest::get(server.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(metric(&text, "vllm:num_preemptions_total") > 0.0, "{text}");
-        if metric(&text, "vllm:kv_cache_usage_perc") == 0.0
-            && metric(&text, "vllm:num_requests_running") == 0.0
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "blocks still in use: {text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let metrics = wait_until_every_block_is_free(&server).await;
+    assert!(
+        metric(&metrics, "vllm:num_preemptions_total") > 0.0,
+        "{metrics}"
+    );
 
     // A request that could never fit is refused at once instead of waiting forever.
     let (status, body) = complete(&server, "hello", 1000).await;
@@ -248,24 +254,9 @@ async fn sixty_four_streams_with_cancellations_on_a_tiny_budget() {
     assert!(completed >= 40, "only {completed} streams completed");
 
     // Every block is free again once the clients are gone.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let text = reqwest::get(server.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let busy =
-            metric(&text, "vllm:num_requests_running") + metric(&text, "vllm:num_requests_waiting");
-        if busy == 0.0 && metric(&text, "vllm:kv_cache_usage_perc") == 0.0 {
-            assert!(
-                metric(&text, "vllm:num_preemptions_total") > 0.0,
-                "the budget never ran out"
-            );
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "still busy: {text}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let metrics = wait_until_every_block_is_free(&server).await;
+    assert!(
+        metric(&metrics, "vllm:num_preemptions_total") > 0.0,
+        "the budget never ran out"
+    );
 }
