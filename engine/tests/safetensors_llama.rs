@@ -159,6 +159,7 @@ fn safetensors_checkpoint_predicts_like_the_gguf_it_came_from() {
             },
             stop: vec![],
             ignore_eos: false,
+            group: None,
         })
         .unwrap();
     let mut finished = false;

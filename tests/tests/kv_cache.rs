@@ -260,3 +260,60 @@ async fn sixty_four_streams_with_cancellations_on_a_tiny_budget() {
         "the budget never ran out"
     );
 }
+
+#[tokio::test]
+async fn n_choices_compute_their_prompt_once() {
+    let server = Server::start().await;
+    let prompt: String = (0..60)
+        .map(|i| format!("Line {i} of the shared preamble. "))
+        .collect();
+    let request = |n: u32, seed: u64| {
+        json!({
+            "model": CHAT_MODEL, "prompt": prompt, "max_tokens": 12,
+            "temperature": 0.8, "seed": seed, "n": n,
+        })
+    };
+    let post = |body: Value| {
+        let url = server.url("/v1/completions");
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let metrics = || async {
+        let text = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (
+            metric(&text, "vllm:prefix_cache_queries"),
+            metric(&text, "vllm:prefix_cache_hits"),
+        )
+    };
+
+    let together = post(request(4, 11)).await;
+    let (queries, hits) = metrics().await;
+    let prompt_tokens = together["usage"]["prompt_tokens"].as_f64().unwrap();
+    assert!(prompt_tokens > 512.0, "{prompt_tokens}");
+    assert_eq!(queries, 4.0 * prompt_tokens);
+    // Three of the four choices took the first one's whole chunks from the cache.
+    let whole_chunks = (prompt_tokens / 128.0).floor() * 128.0;
+    assert_eq!(hits, 3.0 * whole_chunks);
+
+    // Sharing changes nothing: choice i is what a lone request with seed 11 + i gives.
+    for i in 0..4 {
+        let alone = post(request(1, 11 + i)).await;
+        assert_eq!(
+            together["choices"][i as usize]["text"],
+            alone["choices"][0]["text"]
+        );
+    }
+}

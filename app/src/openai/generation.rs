@@ -124,6 +124,7 @@ impl GenerationPlan {
             Some(StopField::Many(v)) => v,
         };
         let prompt_tokens = prompt.len();
+        let group = (n > 1).then(rand_group_id);
         let requests = (0..n as u64)
             .map(|i| {
                 let mut sampling = sampling.clone();
@@ -135,6 +136,7 @@ impl GenerationPlan {
                     sampling,
                     stop: stop.clone(),
                     ignore_eos: fields.ignore_eos,
+                    group,
                 }
             })
             .collect();
@@ -163,6 +165,11 @@ impl GenerationPlan {
         }
         Ok(streams)
     }
+}
+
+/// Identifies the choices of one request to the scheduler.
+fn rand_group_id() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
 }
 
 pub fn finish_reason(reason: FinishReason) -> &'static str {

@@ -58,6 +58,9 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Keep going past end-of-turn tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Choices of one request (`n > 1`) share a group: the first computes the prompt and
+    /// the others start once its whole chunks are in the prefix cache.
+    pub group: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,18 +411,28 @@ impl Worker {
 
     /// Moves waiting sequences into the batch while there is room, oldest (and preempted)
     /// first. A sequence needs free blocks for its first prefill chunk to be admitted.
+    /// Sibling choices of a request wait for the first one's prompt, then reuse it.
     fn admit(&mut self) {
-        while self.running.len() < self.options.max_running {
-            let Some(next) = self.waiting.front() else {
-                break;
-            };
+        let mut index = 0;
+        while self.running.len() < self.options.max_running && index < self.waiting.len() {
+            let next = &self.waiting[index];
+            // A sibling choice waits while another computes their shared prompt.
+            let sibling_prefilling = next.group().is_some_and(|group| {
+                self.running
+                    .iter()
+                    .any(|r| r.group() == Some(group) && r.is_prefilling_prompt())
+            });
+            if sibling_prefilling {
+                index += 1;
+                continue;
+            }
             let first_chunk = next
                 .prefill_remaining()
                 .min(self.options.max_batched_tokens);
             if blocks_for(first_chunk) > self.blocks.available() {
                 break;
             }
-            if let Some(mut sequence) = self.waiting.pop_front() {
+            if let Some(mut sequence) = self.waiting.remove(index) {
                 self.reuse_cached_prefix(&mut sequence);
                 self.running.push(sequence);
             }

@@ -91,6 +91,15 @@ impl Sequence {
         self.cache.take_blocks()
     }
 
+    pub(super) fn group(&self) -> Option<u64> {
+        self.request.group
+    }
+
+    /// Still computing its prompt (not yet generating).
+    pub(super) fn is_prefilling_prompt(&self) -> bool {
+        self.cached() < self.prompt_len()
+    }
+
     pub(super) fn prompt_len(&self) -> usize {
         self.request.prompt.len()
     }
