@@ -551,3 +551,28 @@ def test_client_disconnect_frees_sequence(client, http):
     # The request was aborted, not run to completion.
     after = metric_sum(http, "vllm:generation_tokens_total")
     assert after - before < 2000
+
+
+# --------------------------------------------------------------------------- batched prompts
+
+
+def test_completions_with_a_list_of_prompts(client):
+    prompts = ["The capital of France is", "1, 2, 3,"]
+    r = client.completions.create(model=CHAT_MODEL, prompt=prompts, n=2, temperature=0, max_tokens=6)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    # Choice p * n + i answers prompt p, exactly as a lone request would.
+    for p, prompt in enumerate(prompts):
+        alone = client.completions.create(model=CHAT_MODEL, prompt=prompt, temperature=0, max_tokens=6)
+        assert r.choices[2 * p].text == r.choices[2 * p + 1].text == alone.choices[0].text
+    single_prompt_tokens = sum(
+        client.completions.create(model=CHAT_MODEL, prompt=p, max_tokens=1).usage.prompt_tokens for p in prompts
+    )
+    assert r.usage.prompt_tokens == single_prompt_tokens
+    assert r.usage.completion_tokens == sum(1 for _ in r.choices) * 6
+
+
+def test_completions_echo_with_a_list_of_prompts(client):
+    prompts = ["Hello there", "Good morning"]
+    r = client.completions.create(model=CHAT_MODEL, prompt=prompts, echo=True, temperature=0, max_tokens=3)
+    assert r.choices[0].text.startswith("Hello there")
+    assert r.choices[1].text.startswith("Good morning")

@@ -48,7 +48,7 @@ pub async fn chat_completions(
     }
     let messages = convert_messages(&request.messages)?;
     let prompt = model.chat_prompt(&messages)?;
-    let mut plan = GenerationPlan::new(Api::Chat, &model, prompt, request.take_sampling())?;
+    let mut plan = GenerationPlan::new(Api::Chat, &model, vec![prompt], request.take_sampling())?;
     let want_logprobs = plan.wants_logprobs();
     let streams = plan.submit(&model)?;
     let n = streams.len();
@@ -58,7 +58,7 @@ pub async fn chat_completions(
     let name = request.model;
 
     if !plan.stream {
-        let collected = collect(n, events).await?;
+        let collected = collect(n, plan.prompt_tokens, events).await?;
         let choices: Vec<Value> = collected
             .choices
             .into_iter()

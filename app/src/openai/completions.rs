@@ -17,6 +17,9 @@ use crate::openai::json::OpenAiJson;
 use crate::openai::types::{CompletionRequest, PromptField};
 use crate::state::AppState;
 
+/// Prompts in one batched request.
+const MAX_PROMPTS: usize = 64;
+
 pub async fn completions(
     State(state): State<AppState>,
     OpenAiJson(mut request): OpenAiJson<CompletionRequest>,
@@ -29,34 +32,44 @@ pub async fn completions(
     if request.best_of.is_some_and(|b| b != 1) {
         return Err(AppError::bad_request("best_of", "best_of is not supported"));
     }
-    let (prompt_text, prompt) = match &request.prompt {
-        PromptField::Text(text) => (text.clone(), model.text_prompt(text)?),
-        PromptField::Texts(texts) if texts.len() == 1 => {
-            (texts[0].clone(), model.text_prompt(&texts[0])?)
-        }
-        PromptField::Tokens(tokens) => (model.tokenizer().decode(tokens)?, tokens.clone()),
-        PromptField::TokenLists(lists) if lists.len() == 1 => {
-            (model.tokenizer().decode(&lists[0])?, lists[0].clone())
-        }
-        _ => {
-            return Err(AppError::bad_request(
-                "prompt",
-                "send one prompt per request",
-            ));
-        }
+    // One prompt, or a batch: text or token ids, each paired with its text for `echo`.
+    let prompts: Vec<(String, Vec<u32>)> = match &request.prompt {
+        PromptField::Text(text) => vec![(text.clone(), model.text_prompt(text)?)],
+        PromptField::Texts(texts) => texts
+            .iter()
+            .map(|text| Ok((text.clone(), model.text_prompt(text)?)))
+            .collect::<AppResult<_>>()?,
+        PromptField::Tokens(tokens) => vec![(model.tokenizer().decode(tokens)?, tokens.clone())],
+        PromptField::TokenLists(lists) => lists
+            .iter()
+            .map(|ids| Ok((model.tokenizer().decode(ids)?, ids.clone())))
+            .collect::<AppResult<_>>()?,
     };
-    if prompt.is_empty() {
-        return Err(AppError::bad_request("prompt", "the prompt is empty"));
-    }
-    let vocab = model.tokenizer().vocab_size() as u32;
-    if prompt.iter().any(|&t| t >= vocab) {
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
         return Err(AppError::bad_request(
             "prompt",
-            format!("token ids must be below {vocab}"),
+            format!("send from 1 to {MAX_PROMPTS} prompts"),
         ));
     }
-    let echo = request.echo.unwrap_or(false).then_some(prompt_text);
-    let mut plan = GenerationPlan::new(Api::Completions, &model, prompt, request.take_sampling())?;
+    let vocab = model.tokenizer().vocab_size() as u32;
+    for (i, (_, ids)) in prompts.iter().enumerate() {
+        if ids.is_empty() {
+            return Err(AppError::bad_request(
+                format!("prompt[{i}]"),
+                "the prompt is empty",
+            ));
+        }
+        if ids.iter().any(|&t| t >= vocab) {
+            return Err(AppError::bad_request(
+                format!("prompt[{i}]"),
+                format!("token ids must be below {vocab}"),
+            ));
+        }
+    }
+    let (texts, ids): (Vec<String>, Vec<Vec<u32>>) = prompts.into_iter().unzip();
+    let echo = request.echo.unwrap_or(false).then_some(texts);
+    let mut plan = GenerationPlan::new(Api::Completions, &model, ids, request.take_sampling())?;
+    let per_prompt = plan.choices_per_prompt;
     let want_logprobs = plan.wants_logprobs();
     let streams = plan.submit(&model)?;
     let n = streams.len();
@@ -66,13 +79,15 @@ pub async fn completions(
     let name = request.model;
 
     if !plan.stream {
-        let collected = collect(n, events).await?;
+        let collected = collect(n, plan.prompt_tokens, events).await?;
         let choices: Vec<Value> = collected
             .choices
             .into_iter()
             .enumerate()
             .map(|(index, choice)| {
-                let prefix = echo.as_deref().unwrap_or_default();
+                let prefix = echo
+                    .as_ref()
+                    .map_or("", |texts| texts[index / per_prompt].as_str());
                 let logprobs = want_logprobs
                     .then(|| completion_logprobs(&model, &choice.logprobs, prefix.len()));
                 json!({
@@ -102,8 +117,14 @@ pub async fn completions(
         include_usage: plan.include_usage,
     };
     let style = CompletionChunks {
-        offsets: vec![echo.as_ref().map_or(0, String::len); n],
+        offsets: (0..n)
+            .map(|index| {
+                echo.as_ref()
+                    .map_or(0, |texts| texts[index / per_prompt].len())
+            })
+            .collect(),
         echo,
+        per_prompt,
         model,
         want_logprobs,
     };
@@ -111,7 +132,9 @@ pub async fn completions(
 }
 
 struct CompletionChunks {
-    echo: Option<String>,
+    /// Each prompt's text, when `echo` asked for it.
+    echo: Option<Vec<String>>,
+    per_prompt: usize,
     /// Where each choice's next text starts, for `logprobs.text_offset`.
     offsets: Vec<usize>,
     model: Arc<ChatModel>,
@@ -120,7 +143,7 @@ struct CompletionChunks {
 
 impl ChoiceChunks for CompletionChunks {
     fn opening(&self, index: usize) -> Option<Value> {
-        let prefix = self.echo.as_ref()?;
+        let prefix = &self.echo.as_ref()?[index / self.per_prompt];
         Some(json!({"index": index, "text": prefix, "logprobs": null, "finish_reason": null}))
     }
 

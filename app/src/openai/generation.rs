@@ -26,7 +26,9 @@ pub struct GenerationPlan {
     pub requests: Vec<GenerationRequest>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Prompt tokens over all prompts (each counted once, whatever `n`).
     pub prompt_tokens: usize,
+    pub choices_per_prompt: usize,
 }
 
 /// Chat and completions spell the logprobs request differently.
@@ -78,7 +80,7 @@ impl GenerationPlan {
     pub fn new(
         api: Api,
         model: &ChatModel,
-        prompt: Vec<u32>,
+        prompts: Vec<Vec<u32>>,
         fields: SamplingFields,
     ) -> AppResult<Self> {
         let logprobs = logprobs_request(api, &fields)?;
@@ -97,8 +99,9 @@ impl GenerationPlan {
             Some(v) if v < 1 => {
                 return Err(AppError::bad_request(max_field, "must be at least 1"));
             }
-            Some(v) => usize::try_from(v).unwrap_or(usize::MAX),
-            None => model.room_after(prompt.len()).max(1),
+            Some(v) => Some(usize::try_from(v).unwrap_or(usize::MAX)),
+            // Whatever room each prompt leaves in the context window.
+            None => None,
         };
         let top_k = match fields.top_k {
             None | Some(-1) | Some(0) => 0,
@@ -123,23 +126,27 @@ impl GenerationPlan {
             Some(StopField::One(s)) => vec![s],
             Some(StopField::Many(v)) => v,
         };
-        let prompt_tokens = prompt.len();
-        let group = (n > 1).then(rand_group_id);
-        let requests = (0..n as u64)
-            .map(|i| {
+        let prompt_tokens = prompts.iter().map(Vec::len).sum();
+        // Choice `p * n + i` is choice `i` of prompt `p`, as OpenAI numbers them.
+        let mut requests = Vec::with_capacity(prompts.len() * n as usize);
+        for prompt in prompts {
+            let group = (n > 1).then(rand_group_id);
+            let max_new_tokens =
+                max_new_tokens.unwrap_or_else(|| model.room_after(prompt.len()).max(1));
+            for i in 0..n as u64 {
                 let mut sampling = sampling.clone();
                 // Choices of one seeded request differ from each other, yet repeat exactly.
                 sampling.seed = sampling.seed.map(|s| s.wrapping_add(i));
-                GenerationRequest {
+                requests.push(GenerationRequest {
                     prompt: prompt.clone(),
                     max_new_tokens,
                     sampling,
                     stop: stop.clone(),
                     ignore_eos: fields.ignore_eos,
                     group,
-                }
-            })
-            .collect();
+                });
+            }
+        }
         Ok(Self {
             requests,
             stream: fields.stream,
@@ -148,6 +155,7 @@ impl GenerationPlan {
                 .as_ref()
                 .is_some_and(|o| o.include_usage),
             prompt_tokens,
+            choices_per_prompt: n as usize,
         })
     }
 
@@ -228,6 +236,7 @@ pub struct CollectedChoice {
 
 pub async fn collect(
     n: usize,
+    prompt_tokens: usize,
     events: impl Stream<Item = Result<ChoiceEvent, AppError>>,
 ) -> AppResult<Collected> {
     let mut choices: Vec<CollectedChoice> = (0..n)
@@ -238,7 +247,6 @@ pub async fn collect(
         })
         .collect();
     let mut completion_tokens = 0;
-    let mut prompt_tokens = 0;
     let mut finished = 0;
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
@@ -250,7 +258,6 @@ pub async fn collect(
             ChoiceEvent::Finished(i, completion) => {
                 choices[i].finish_reason = finish_reason(completion.reason);
                 completion_tokens += completion.completion_tokens;
-                prompt_tokens = completion.prompt_tokens;
                 finished += 1;
             }
         }
