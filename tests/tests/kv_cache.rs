@@ -16,17 +16,30 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+async fn scrape(server: &Server) -> String {
+    reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `(vllm:prefix_cache_queries, vllm:prefix_cache_hits)`, in tokens.
+async fn prefix_cache_counters(server: &Server) -> (f64, f64) {
+    let text = scrape(server).await;
+    (
+        metric(&text, "vllm:prefix_cache_queries"),
+        metric(&text, "vllm:prefix_cache_hits"),
+    )
+}
+
 /// Polls /metrics until nothing runs or waits and no block is held; returns the last scrape.
 /// Blocks are released just after a stream's last event, so this may take a moment.
 async fn wait_until_every_block_is_free(server: &Server) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let text = reqwest::get(server.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = scrape(server).await;
         let busy = metric(&text, "vllm:num_requests_running")
             + metric(&text, "vllm:num_requests_waiting")
             + metric(&text, "vllm:kv_cache_usage_perc");
@@ -127,21 +140,9 @@ async fn a_shared_system_prompt_is_served_from_the_prefix_cache_with_identical_o
     let system: String = (0..90)
         .map(|i| format!("Rule {i}: answer politely and briefly. "))
         .collect();
-    let metrics = || async {
-        let text = reqwest::get(server.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        (
-            metric(&text, "vllm:prefix_cache_queries"),
-            metric(&text, "vllm:prefix_cache_hits"),
-        )
-    };
 
     let cold = chat_with_system(&server, &system, "What is the capital of France?").await;
-    let (queries_before, hits_before) = metrics().await;
+    let (queries_before, hits_before) = prefix_cache_counters(&server).await;
     assert_eq!(hits_before, 0.0);
     assert!(
         queries_before > 900.0,
@@ -151,12 +152,12 @@ async fn a_shared_system_prompt_is_served_from_the_prefix_cache_with_identical_o
     // Same prompt again: everything but the last chunk comes from the cache.
     let warm = chat_with_system(&server, &system, "What is the capital of France?").await;
     assert_eq!(warm, cold);
-    let (_, hits_after_repeat) = metrics().await;
+    let (_, hits_after_repeat) = prefix_cache_counters(&server).await;
     assert!(hits_after_repeat >= 768.0, "hits {hits_after_repeat}");
 
     // A different question after the same system prompt shares its whole chunks too.
     let other = chat_with_system(&server, &system, "Name a colour.").await;
-    let (_, hits_after_other) = metrics().await;
+    let (_, hits_after_other) = prefix_cache_counters(&server).await;
     assert!(hits_after_other - hits_after_repeat >= 768.0);
 
     // And gives what it gives without any cache (a fresh server).
@@ -286,21 +287,9 @@ async fn n_choices_compute_their_prompt_once() {
             response.json::<Value>().await.unwrap()
         }
     };
-    let metrics = || async {
-        let text = reqwest::get(server.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        (
-            metric(&text, "vllm:prefix_cache_queries"),
-            metric(&text, "vllm:prefix_cache_hits"),
-        )
-    };
 
     let together = post(request(4, 11)).await;
-    let (queries, hits) = metrics().await;
+    let (queries, hits) = prefix_cache_counters(&server).await;
     let prompt_tokens = together["usage"]["prompt_tokens"].as_f64().unwrap();
     assert!(prompt_tokens > 512.0, "{prompt_tokens}");
     assert_eq!(queries, 4.0 * prompt_tokens);

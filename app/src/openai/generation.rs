@@ -165,7 +165,8 @@ impl GenerationPlan {
             .is_some_and(|r| r.sampling.logprobs.is_some())
     }
 
-    /// Queues every choice; nothing is queued if any is refused.
+    /// Queues every choice. If one is refused, the error is returned and the streams
+    /// already queued are dropped, which cancels them.
     pub fn submit(&mut self, model: &ChatModel) -> AppResult<Vec<GenerationStream>> {
         let mut streams = Vec::with_capacity(self.requests.len());
         for request in self.requests.drain(..) {

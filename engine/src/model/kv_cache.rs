@@ -90,11 +90,6 @@ impl KvPool {
         self.n_blocks
     }
 
-    /// Bytes one token takes here: exactly `2 * layers * kv_heads * head_dim * 4`.
-    pub fn bytes_per_token(&self) -> usize {
-        2 * self.keys.len() * self.kv_heads * self.head_dim * std::mem::size_of::<f32>()
-    }
-
     fn offset(&self, block: u32, head: usize, slot: usize) -> usize {
         ((block as usize * self.kv_heads + head) * BLOCK_SIZE + slot) * self.head_dim
     }

@@ -181,7 +181,7 @@ impl Scheduler {
         let capacity = KvCapacity {
             blocks: n_blocks,
             tokens: n_blocks * BLOCK_SIZE,
-            bytes_per_token: kv_pool.bytes_per_token(),
+            bytes_per_token: model.config().kv_bytes_per_token(),
         };
         let worker = Worker {
             model,
