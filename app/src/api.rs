@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::{conversations, openai, ui_assets};
+use crate::{conversations, gpu, openai, ui_assets};
 
 /// Request bodies larger than this are refused (413).
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -30,6 +30,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .nest("/api/conversations", conversations)
+        .route("/api/gpu", get(gpu::api::status))
+        .route("/api/gpu/history", get(gpu::api::history))
         .route("/tokenize", post(openai::tokenize::tokenize))
         .route("/detokenize", post(openai::tokenize::detokenize))
         .route("/health", get(health))
@@ -56,14 +58,17 @@ async fn ready(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     let models = state.models.get().cloned();
     match state.metrics.render(models.as_deref()) {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
+        Ok(mut text) => {
+            state.gpu.render_metrics(&mut text);
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response()
+        }
         Err(error) => AppError::Internal(error).into_response(),
     }
 }

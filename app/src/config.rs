@@ -22,6 +22,34 @@ pub struct RawConfig {
     pub threads: Option<usize>,
     pub engine: Option<RawEngineConfig>,
     pub models: Option<Vec<RawModelConfig>>,
+    pub gpu: Option<RawGpuConfig>,
+    pub kubernetes: Option<RawKubernetesConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGpuConfig {
+    /// Sample GPUs through NVML (default true); false runs as if there were none.
+    pub enabled: Option<bool>,
+    pub sample_interval_ms: Option<u64>,
+    /// Full-resolution samples kept in memory per GPU (default 900: 15 minutes at 1 s).
+    pub recent_samples: Option<usize>,
+    /// Width of the downsampled buckets kept in the store (default 60 s).
+    pub history_bucket_secs: Option<u64>,
+    /// How long downsampled history is kept (default 24 h).
+    pub history_retention_hours: Option<u64>,
+    /// Path of `libnvidia-ml.so.1`, where the loader cannot find it.
+    pub nvml_library: Option<PathBuf>,
+}
+
+/// Who this process is on Kubernetes; the chart fills it from the downward API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetesConfig {
+    pub pod_name: Option<String>,
+    pub namespace: Option<String>,
+    pub container: Option<String>,
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +146,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub models_dir: Option<PathBuf>,
     pub threads: Option<usize>,
+    pub kubernetes: RawKubernetesConfig,
 }
 
 /// The checked configuration the server runs with.
@@ -128,6 +157,26 @@ pub struct Config {
     pub threads: usize,
     pub engine: EngineConfig,
     pub models: Vec<ModelConfig>,
+    pub gpu: GpuConfig,
+    pub kubernetes: KubernetesConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct GpuConfig {
+    pub enabled: bool,
+    pub sample_interval: std::time::Duration,
+    pub recent_samples: usize,
+    pub history_bucket: std::time::Duration,
+    pub history_retention: std::time::Duration,
+    pub nvml_library: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct KubernetesConfig {
+    pub pod_name: Option<String>,
+    pub namespace: Option<String>,
+    pub container: Option<String>,
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -213,10 +262,8 @@ impl Config {
                 None => DEFAULT_KV_CACHE_BYTES,
             },
         };
+        // An empty list is allowed: a node that only routes, traces or monitors GPUs.
         let raw_models = raw.models.unwrap_or_else(default_models);
-        if raw_models.is_empty() {
-            bail!("models: at least one model is required");
-        }
         let mut models: Vec<ModelConfig> = Vec::with_capacity(raw_models.len());
         for (i, m) in raw_models.into_iter().enumerate() {
             if m.name.trim().is_empty() {
@@ -239,13 +286,55 @@ impl Config {
                 task: m.task,
             });
         }
+        let gpu = resolve_gpu(raw.gpu.unwrap_or_default())?;
+        let file_kubernetes = raw.kubernetes.unwrap_or_default();
+        let env_kubernetes = overrides.kubernetes;
+        let non_empty = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+        let kubernetes = KubernetesConfig {
+            pod_name: non_empty(env_kubernetes.pod_name.or(file_kubernetes.pod_name)),
+            namespace: non_empty(env_kubernetes.namespace.or(file_kubernetes.namespace)),
+            container: non_empty(env_kubernetes.container.or(file_kubernetes.container)),
+            node_name: non_empty(env_kubernetes.node_name.or(file_kubernetes.node_name)),
+        };
         Ok(Self {
             listen,
             data_dir,
             threads,
             engine,
             models,
+            gpu,
+            kubernetes,
         })
+    }
+}
+
+fn resolve_gpu(raw: RawGpuConfig) -> anyhow::Result<GpuConfig> {
+    use std::time::Duration;
+    let interval_ms = raw.sample_interval_ms.unwrap_or(1000);
+    if !(100..=3_600_000).contains(&interval_ms) {
+        bail!("gpu.sample_interval_ms: {interval_ms} is outside 100..=3600000");
+    }
+    let bucket_secs = positive_u64("gpu.history_bucket_secs", raw.history_bucket_secs, 60)?;
+    let retention_hours = positive_u64(
+        "gpu.history_retention_hours",
+        raw.history_retention_hours,
+        24,
+    )?;
+    Ok(GpuConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        sample_interval: Duration::from_millis(interval_ms),
+        recent_samples: positive("gpu.recent_samples", raw.recent_samples, 900)?,
+        history_bucket: Duration::from_secs(bucket_secs),
+        history_retention: Duration::from_secs(retention_hours.saturating_mul(3600)),
+        nvml_library: raw.nvml_library,
+    })
+}
+
+fn positive_u64(field: &str, value: Option<u64>, default: u64) -> anyhow::Result<u64> {
+    match value {
+        Some(0) => bail!("{field}: must be at least 1"),
+        Some(v) => Ok(v),
+        None => Ok(default),
     }
 }
 

@@ -5,6 +5,7 @@ mod api;
 mod config;
 mod conversations;
 mod error;
+mod gpu;
 mod metrics;
 mod models;
 mod openai;
@@ -39,6 +40,21 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API and web UI.
     Serve(ServeArgs),
+    /// Read every GPU through NVML, as the monitor does, and print the samples as JSON.
+    Gpu(GpuArgs),
+}
+
+#[derive(clap::Args)]
+struct GpuArgs {
+    /// How many samples to take
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Milliseconds between samples
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Path of libnvidia-ml.so.1, where the loader cannot find it
+    #[arg(long)]
+    nvml_library: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -58,6 +74,15 @@ struct ServeArgs {
     /// CPU threads for inference (0 = one per core)
     #[arg(long, env = "AGENTBOX_THREADS")]
     threads: Option<usize>,
+    /// Kubernetes pod name (the chart sets it from the downward API)
+    #[arg(long, env = "AGENTBOX_POD_NAME", hide = true)]
+    pod_name: Option<String>,
+    #[arg(long, env = "AGENTBOX_POD_NAMESPACE", hide = true)]
+    pod_namespace: Option<String>,
+    #[arg(long, env = "AGENTBOX_CONTAINER_NAME", hide = true)]
+    container_name: Option<String>,
+    #[arg(long, env = "AGENTBOX_NODE_NAME", hide = true)]
+    node_name: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +97,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Gpu(args) => print_gpu_samples(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,6 +115,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         models_dir: args.models_dir,
         threads: args.threads,
+        kubernetes: config::RawKubernetesConfig {
+            pod_name: args.pod_name,
+            namespace: args.pod_namespace,
+            container: args.container_name,
+            node_name: args.node_name,
+        },
     })?;
     // SAFETY: still single-threaded here; the async runtime starts below.
     unsafe { engine::set_cpu_threads(config.threads) }.context("configuring CPU threads")?;
@@ -99,12 +131,33 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(run(config))
 }
 
+fn print_gpu_samples(args: &GpuArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let recording = gpu::record(
+        args.nvml_library.as_deref(),
+        args.samples.max(1),
+        Duration::from_millis(args.interval_ms),
+    )?;
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, &recording).context("writing the samples")?;
+    writeln!(stdout).context("writing the samples")?;
+    Ok(())
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let store = store::Store::open(&config.data_dir)?;
+    let gpu = tokio::task::spawn_blocking({
+        let config = config.clone();
+        let store = store.clone();
+        move || gpu::GpuMonitor::start(&config, store)
+    })
+    .await
+    .context("starting the GPU monitor")?;
     let state = AppState {
         models: Arc::new(OnceLock::new()),
         store: store.clone(),
         metrics: Arc::new(metrics::Metrics::new()?),
+        gpu: gpu.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -170,6 +223,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
         })
         .await
         .context("serving HTTP")?;
+    tokio::task::spawn_blocking(move || gpu.shutdown())
+        .await
+        .context("stopping the GPU monitor")?;
     if let Some(error) = load_error.lock().take() {
         return Err(error);
     }

@@ -1,9 +1,10 @@
 //! `AppState`: what every handler can reach — the loaded models (filled once loading
-//! finishes), the store and the metrics.
+//! finishes), the store, the metrics and the GPU monitor.
 
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{AppError, AppResult};
+use crate::gpu::GpuMonitor;
 use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
 use crate::store::Store;
@@ -13,6 +14,7 @@ pub struct AppState {
     pub models: Arc<OnceLock<Arc<ModelRegistry>>>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    pub gpu: Arc<GpuMonitor>,
 }
 
 impl AppState {

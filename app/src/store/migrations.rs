@@ -21,6 +21,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX messages_by_conversation ON messages(conversation_id, id);
     CREATE INDEX conversations_by_update ON conversations(updated_at DESC);",
+    // 2: downsampled GPU history for the GPU page's 24-hour charts.
+    "CREATE TABLE gpu_history (
+        uuid TEXT NOT NULL,
+        t INTEGER NOT NULL,
+        gpu_util REAL,
+        mem_copy_util REAL,
+        fb_used_mib REAL,
+        fb_total_mib REAL,
+        power_w REAL,
+        temperature_c REAL,
+        sm_clock_mhz REAL,
+        PRIMARY KEY (uuid, t)
+    ) WITHOUT ROWID;
+    CREATE INDEX gpu_history_by_time ON gpu_history(t);",
 ];
 
 pub fn run(connection: &mut Connection) -> anyhow::Result<()> {

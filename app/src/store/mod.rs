@@ -3,6 +3,7 @@
 //! joins it as a second variant when the cluster mode arrives.
 
 mod conversations;
+mod gpu_history;
 mod migrations;
 
 pub use conversations::{Conversation, ConversationWithMessages, StoredMessage};
