@@ -17,6 +17,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -28,11 +29,13 @@ import time
 import urllib.request
 
 # Fields that must be equal, and those that move between two reads up to one sampling
-# interval (200 ms) apart, with the tolerance allowed. Under a power-capped load the SM
-# clock moves by tens of MHz from one moment to the next, so it is exact only when idle.
-EXACT = ["uuid", "memory.used", "memory.total", "clocks.sm", "clocks.mem"]
+# interval (200 ms) apart, with the tolerance allowed. Each agentbox answer is compared
+# with nvidia-smi run just before and just after it and may match either. Under a
+# power-capped load (700 W on an H100) the SM clock moves by up to ~10% within 200 ms, so
+# it is exact when idle and within 15% under load.
+EXACT = ["uuid", "memory.used", "memory.free", "memory.total", "clocks.sm", "clocks.mem"]
 TOLERANCE = {"utilization.gpu": 10.0, "power.draw": 0.10, "temperature.gpu": 2.0}
-LOAD_TOLERANCE = {"clocks.sm": 0.05}
+LOAD_TOLERANCE = {"clocks.sm": 0.15}
 
 LOAD = r"""
 import sys, time, torch
@@ -62,6 +65,7 @@ def smi():
     fields = [
         "uuid",
         "memory.used",
+        "memory.free",
         "memory.total",
         "clocks.sm",
         "clocks.mem",
@@ -85,7 +89,9 @@ def ours(gpu):
     c = gpu["current"]
     return {
         "uuid": gpu["uuid"],
-        "memory.used": None if c["fb_used_mib"] is None else round(c["fb_used_mib"]),
+        # Whole MiB rounded up, as nvidia-smi and agentbox's DCGM series print them.
+        "memory.used": None if c["fb_used_mib"] is None else math.ceil(c["fb_used_mib"]),
+        "memory.free": None if c["fb_free_mib"] is None else math.ceil(c["fb_free_mib"]),
         "memory.total": None if c["fb_total_mib"] is None else round(c["fb_total_mib"]),
         "clocks.sm": c["sm_clock_mhz"],
         "clocks.mem": c["mem_clock_mhz"],
@@ -98,9 +104,10 @@ def ours(gpu):
 def compare(base, phase, report):
     failures = 0
     for attempt in range(5):
-        reference = smi()
+        before = smi()
         status = json.loads(get(f"{base}/api/gpu?recent=1"))
-        for ref, gpu in zip(reference, status["gpus"]):
+        after = smi()
+        for refs, gpu in zip(zip(before, after), status["gpus"]):
             mine = ours(gpu)
             tolerances = dict(TOLERANCE)
             if phase == "load":
@@ -108,18 +115,18 @@ def compare(base, phase, report):
             for field in EXACT:
                 if field in tolerances:
                     continue
-                want = ref[field] if field == "uuid" else int(float(ref[field]))
-                ok = mine[field] == want
+                wants = [r[field] if field == "uuid" else int(float(r[field])) for r in refs]
+                ok = mine[field] in wants
                 failures += not ok
-                report.write(f"{phase} #{attempt} {field}: agentbox={mine[field]} nvidia-smi={want} {'OK' if ok else 'MISMATCH'}\n")
+                report.write(f"{phase} #{attempt} {field}: agentbox={mine[field]} nvidia-smi={wants} {'OK' if ok else 'MISMATCH'}\n")
             for field, tolerance in tolerances.items():
-                want = float(ref[field])
+                wants = [float(r[field]) for r in refs]
                 got = mine[field]
                 relative = field in ("power.draw", "clocks.sm")
-                allowed = tolerance * want if relative else tolerance
-                ok = got is not None and abs(float(got) - want) <= allowed
+                allowed = [tolerance * w if relative else tolerance for w in wants]
+                ok = got is not None and any(abs(float(got) - w) <= a for w, a in zip(wants, allowed))
                 failures += not ok
-                report.write(f"{phase} #{attempt} {field}: agentbox={got} nvidia-smi={want} (±{allowed:.1f}) {'OK' if ok else 'MISMATCH'}\n")
+                report.write(f"{phase} #{attempt} {field}: agentbox={got} nvidia-smi={wants} (±{allowed[0]:.1f}) {'OK' if ok else 'MISMATCH'}\n")
         time.sleep(1)
     return failures
 

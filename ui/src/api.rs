@@ -337,7 +337,7 @@ async fn response_text(response: &Response) -> Result<String, ApiError> {
     Ok(text.as_string().unwrap_or_default())
 }
 
-async fn request_json<T: DeserializeOwned>(
+pub async fn request_json<T: DeserializeOwned>(
     method: &str,
     url: &str,
     json_body: Option<&str>,

@@ -1,14 +1,17 @@
-//! The dark left sidebar: brand, page navigation (only Chat exists so far), the
-//! "New chat" button and the list of stored conversations.
+//! The dark left sidebar: brand, page navigation (Chat and GPUs exist so far), the
+//! "New chat" button and the list of stored conversations (both open the chat page).
 
 use leptos::prelude::*;
+use web_sys::MouseEvent;
 
 use crate::api::Conversation;
+use crate::route::{Page, Route};
 use crate::state::ChatState;
 
-/// Pages of the app; only `Chat` is built so far, the rest are shown as upcoming.
-const PAGES: [(&str, PageStatus); 5] = [
-    ("Chat", PageStatus::Active),
+/// Pages of the app; those not built yet are shown as upcoming.
+const PAGES: [(&str, PageStatus); 6] = [
+    ("Chat", PageStatus::Built(Page::Chat)),
+    ("GPUs", PageStatus::Built(Page::Gpus)),
     ("Documents", PageStatus::Upcoming),
     ("Agents", PageStatus::Upcoming),
     ("Traces", PageStatus::Upcoming),
@@ -17,12 +20,12 @@ const PAGES: [(&str, PageStatus); 5] = [
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PageStatus {
-    Active,
+    Built(Page),
     Upcoming,
 }
 
 #[component]
-pub fn Sidebar(state: ChatState) -> impl IntoView {
+pub fn Sidebar(state: ChatState, route: Route) -> impl IntoView {
     let has_conversations = move || {
         state
             .conversations
@@ -38,14 +41,7 @@ pub fn Sidebar(state: ChatState) -> impl IntoView {
                 {PAGES
                     .iter()
                     .map(|&(name, status)| match status {
-                        PageStatus::Active => {
-                            view! {
-                                <a class="nav-item active" href="/" aria-current="page">
-                                    {name}
-                                </a>
-                            }
-                                .into_any()
-                        }
+                        PageStatus::Built(page) => view! { <NavLink route page name /> }.into_any(),
                         PageStatus::Upcoming => {
                             view! {
                                 <span class="nav-item upcoming" title="Coming soon">
@@ -58,7 +54,14 @@ pub fn Sidebar(state: ChatState) -> impl IntoView {
                     })
                     .collect_view()}
             </nav>
-            <button class="new-chat" data-testid="new-chat" on:click=move |_| state.new_chat()>
+            <button
+                class="new-chat"
+                data-testid="new-chat"
+                on:click=move |_| {
+                    route.go(Page::Chat);
+                    state.new_chat();
+                }
+            >
                 <span aria-hidden="true">"+"</span>
                 "New chat"
             </button>
@@ -70,15 +73,41 @@ pub fn Sidebar(state: ChatState) -> impl IntoView {
                 <For
                     each=move || state.conversations.get()
                     key=|conversation| (conversation.id.clone(), conversation.title.clone())
-                    children=move |conversation| view! { <ConversationItem state conversation /> }
+                    children=move |conversation| view! { <ConversationItem state route conversation /> }
                 />
             </ul>
         </aside>
     }
 }
 
+/// A page link that switches pages in place; a modified click (new tab, new window)
+/// is left to the browser.
 #[component]
-fn ConversationItem(state: ChatState, conversation: Conversation) -> impl IntoView {
+fn NavLink(route: Route, page: Page, name: &'static str) -> impl IntoView {
+    let is_current = move || route.page() == page;
+    let on_click = move |event: MouseEvent| {
+        let modified = event.ctrl_key() || event.meta_key() || event.shift_key() || event.alt_key();
+        if !modified && event.button() == 0 {
+            event.prevent_default();
+            route.go(page);
+        }
+    };
+    view! {
+        <a
+            class="nav-item"
+            class:active=is_current
+            href=page.path()
+            aria-current=move || is_current().then_some("page")
+            data-testid=format!("nav-{}", name.to_lowercase())
+            on:click=on_click
+        >
+            {name}
+        </a>
+    }
+}
+
+#[component]
+fn ConversationItem(state: ChatState, route: Route, conversation: Conversation) -> impl IntoView {
     let id = conversation.id;
     let is_current = {
         let id = id.clone();
@@ -90,9 +119,12 @@ fn ConversationItem(state: ChatState, conversation: Conversation) -> impl IntoVi
     };
     let open = {
         let id = id.clone();
-        move |_| state.open_conversation(id.clone())
+        move |_| {
+            route.go(Page::Chat);
+            state.open_conversation(id.clone());
+        }
     };
-    let delete = move |event: web_sys::MouseEvent| {
+    let delete = move |event: MouseEvent| {
         event.stop_propagation();
         state.delete_conversation(id.clone());
     };

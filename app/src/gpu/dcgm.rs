@@ -99,9 +99,10 @@ const FAMILIES: &[Family] = &[
     },
 ];
 
-/// Framebuffer sizes in whole MiB, rounded to nearest as nvidia-smi prints them.
+/// Framebuffer sizes in whole MiB, rounded up, as nvidia-smi prints them (checked on an
+/// H100: 9202.8 MiB used and 71876.2 MiB free show as 9203 and 71877).
 fn whole_mib(bytes: u64) -> f64 {
-    (bytes as f64 / MIB).round()
+    (bytes as f64 / MIB).ceil()
 }
 
 /// `agentbox_gpu_available 0`: all that `/metrics` says about GPUs when there are none.

@@ -60,6 +60,18 @@ pub struct Sampler<'n> {
     library: Option<std::path::PathBuf>,
     /// (GPU, field) pairs already logged as failing, so a failure is logged once.
     logged_failures: HashSet<(usize, &'static str)>,
+    /// Costly fields are read every `slow_every` ticks and carried in between.
+    slow_every: u64,
+    ticks: u64,
+    slow: Vec<SlowFields>,
+}
+
+/// Fields that change rarely but cost much to read: on an H100, NVML's energy counter
+/// takes ~4 ms of CPU per call, more than every other field together.
+#[derive(Default, Clone)]
+struct SlowFields {
+    energy_mj: Option<u64>,
+    mig_mode: Option<nvml_wrapper::structs::device::MigMode>,
 }
 
 impl<'n> Sampler<'n> {
@@ -96,6 +108,9 @@ impl<'n> Sampler<'n> {
             mig_lib: None,
             library: library.map(Path::to_path_buf),
             logged_failures: HashSet::new(),
+            slow_every: 1,
+            ticks: 0,
+            slow: vec![SlowFields::default(); count as usize],
         };
         sampler.register_xid_events();
         Ok(sampler)
@@ -138,10 +153,19 @@ impl<'n> Sampler<'n> {
         self.xid_events = Some(set);
     }
 
+    /// Reads the energy counter and MIG mode only every `ticks` samples (1: every time).
+    pub fn read_slow_fields_every(&mut self, ticks: u64) {
+        self.slow_every = ticks.max(1);
+    }
+
     /// Takes one reading of every GPU, in NVML index order.
     pub fn sample(&mut self) -> Vec<DeviceReading> {
         self.drain_xid_events();
-        (0..self.devices.len()).map(|i| self.read(i)).collect()
+        let read_slow = self.ticks % self.slow_every == 0;
+        self.ticks += 1;
+        (0..self.devices.len())
+            .map(|i| self.read(i, read_slow))
+            .collect()
     }
 
     fn drain_xid_events(&mut self) {
@@ -165,7 +189,7 @@ impl<'n> Sampler<'n> {
         }
     }
 
-    fn read(&mut self, i: usize) -> DeviceReading {
+    fn read(&mut self, i: usize, read_slow: bool) -> DeviceReading {
         let timestamp_ms = now_ms();
         let device = &self.devices[i];
         let mut failures: Vec<(&'static str, NvmlError)> = Vec::new();
@@ -177,7 +201,6 @@ impl<'n> Sampler<'n> {
             device.temperature(TemperatureSensor::Gpu),
         );
         let power_mw = keep(&mut failures, "power", device.power_usage());
-        let energy_mj = keep(&mut failures, "energy", device.total_energy_consumption());
         let sm_clock_mhz = keep(&mut failures, "sm_clock", device.clock_info(Clock::SM));
         let mem_clock_mhz = keep(&mut failures, "mem_clock", device.clock_info(Clock::Memory));
         let pcie_tx_kbps = keep(
@@ -190,7 +213,16 @@ impl<'n> Sampler<'n> {
             "pcie_rx",
             device.pcie_throughput(PcieUtilCounter::Receive),
         );
-        let mig_mode = keep(&mut failures, "mig_mode", device.mig_mode());
+        if read_slow {
+            self.slow[i] = SlowFields {
+                energy_mj: keep(&mut failures, "energy", device.total_energy_consumption()),
+                mig_mode: keep(&mut failures, "mig_mode", device.mig_mode()),
+            };
+        }
+        let SlowFields {
+            energy_mj,
+            mig_mode,
+        } = self.slow[i].clone();
         let compute = keep(
             &mut failures,
             "processes",

@@ -81,8 +81,8 @@ fn metrics_use_dcgm_names_labels_and_units() {
             "DCGM_FI_DEV_MEM_COPY_UTIL",
             f64::from(reading.mem_copy_util().unwrap()),
         ),
-        ("DCGM_FI_DEV_FB_USED", (memory.used as f64 / MIB).round()),
-        ("DCGM_FI_DEV_FB_FREE", (memory.free as f64 / MIB).round()),
+        ("DCGM_FI_DEV_FB_USED", (memory.used as f64 / MIB).ceil()),
+        ("DCGM_FI_DEV_FB_FREE", (memory.free as f64 / MIB).ceil()),
         (
             "DCGM_FI_DEV_GPU_TEMP",
             f64::from(reading.temperature_c.unwrap()),
@@ -127,7 +127,7 @@ fn metrics_use_dcgm_names_labels_and_units() {
         );
     }
     assert!(text.contains("# TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter"));
-    // Used and free add up to the total less what the driver reserves.
+    // Used and free add up to the total less what the driver reserves (each rounded up).
     let used = value(&text, "DCGM_FI_DEV_FB_USED", "").unwrap();
     let free = value(&text, "DCGM_FI_DEV_FB_FREE", "").unwrap();
     let total = ((memory.total - memory.reserved) as f64 / MIB).round();
