@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the GPU checks on a machine with an NVIDIA GPU, from binaries built elsewhere by
-# scripts/build-gpu-bundle.sh: the CUDA kernel tests, then the GPU monitor against
-# nvidia-smi. Usage: bash scripts/gpu_tests.sh BIN_DIR OUT_DIR
+# scripts/build-gpu-bundle.sh: the CUDA kernel tests, the Llama forward pass against
+# transformers (1B-class shape; SHAPES="1b 8b" adds Llama-3-8B's), then the GPU monitor
+# against nvidia-smi. Usage: bash scripts/gpu_tests.sh BIN_DIR OUT_DIR
 set -uo pipefail
 bin=$(realpath "$1"); out=$(realpath -m "$2"); mkdir -p "$out"
 cd "$(dirname "$0")/.."
@@ -11,6 +12,10 @@ export LD_LIBRARY_PATH="/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${py_libs}
 status=0
 echo "== CUDA kernel tests" | tee "$out/cuda_kernels.txt"
 AGENTBOX_GPU_TESTS=1 "$bin/cuda_kernels" --test-threads=1 2>&1 | tee -a "$out/cuda_kernels.txt" || status=1
+for shape in ${SHAPES:-1b}; do
+  echo "== Llama $shape vs transformers"
+  python3 scripts/gpu_llama_check.py --bin "$bin/cuda_llama" --out "$out" --shape "$shape" || status=1
+done
 echo "== GPU monitor vs nvidia-smi"
 python3 scripts/gpu_monitor_check.py --bin "$bin/agentbox" --out "$out" || status=1
 exit $status

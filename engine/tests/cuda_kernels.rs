@@ -289,12 +289,14 @@ fn paged_decode_attention_reads_scattered_blocks_with_gqa() {
             head_dim,
             max_blocks,
         };
+        let rows: Vec<u32> = (0..context_lens.len() as u32).collect();
         gpu.kernels
-            .paged_attention_decode(
+            .paged_attention(
                 &up(&gpu, &q),
                 &k_cache,
                 &v_cache,
                 &up(&gpu, &tables),
+                &up(&gpu, &rows),
                 &up(&gpu, &context_lens),
                 &mut out,
                 shape,

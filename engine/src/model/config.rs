@@ -30,7 +30,19 @@ pub struct LlamaConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f32,
     pub rope_style: RopeStyle,
+    /// Llama 3.1's frequency scaling, when the checkpoint asks for it.
+    pub rope_llama3: Option<Llama3RopeScaling>,
     pub context_length: usize,
+}
+
+/// `rope_type: llama3` (Llama 3.1 and later): long wavelengths slowed by `factor`,
+/// short ones kept, and a smooth blend between.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_max_position_embeddings: f32,
 }
 
 impl LlamaConfig {
@@ -66,6 +78,7 @@ impl LlamaConfig {
                     .unwrap_or(1e-5),
             ),
             rope_theta: gguf.f32(&key("rope.freq_base")).unwrap_or(10_000.0),
+            rope_llama3: None,
             rope_style: if arch == "qwen2" {
                 RopeStyle::Halves
             } else {
@@ -92,6 +105,26 @@ impl LlamaConfig {
             ));
         }
         let n_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+        // transformers 5 writes `rope_parameters`; earlier versions `rope_theta` and
+        // `rope_scaling`.
+        let rope = raw.rope_parameters.or(raw.rope_scaling).unwrap_or_default();
+        let rope_llama3 = match rope.rope_type.as_deref().or(rope.type_.as_deref()) {
+            None | Some("default") => None,
+            Some("llama3") => Some(Llama3RopeScaling {
+                factor: rope.factor.unwrap_or(1.0),
+                low_freq_factor: rope.low_freq_factor.unwrap_or(1.0),
+                high_freq_factor: rope.high_freq_factor.unwrap_or(4.0),
+                original_max_position_embeddings: rope
+                    .original_max_position_embeddings
+                    .unwrap_or(8192.0),
+            }),
+            Some(other) => {
+                return Err(EngineError::bad_model(
+                    path,
+                    format!("rope type {other:?} is not supported (default, llama3 are)"),
+                ));
+            }
+        };
         let config = Self {
             architecture,
             n_layers: raw.num_hidden_layers,
@@ -104,8 +137,9 @@ impl LlamaConfig {
             ffn_size: raw.intermediate_size,
             vocab_size: raw.vocab_size,
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-5),
-            rope_theta: raw.rope_theta.unwrap_or(10_000.0),
+            rope_theta: rope.rope_theta.or(raw.rope_theta).unwrap_or(10_000.0),
             rope_style: RopeStyle::Halves,
+            rope_llama3,
             context_length: raw.max_position_embeddings.unwrap_or(4096),
         };
         config.validate(path)
@@ -128,10 +162,52 @@ impl LlamaConfig {
         }
     }
 
+    /// The rotary inverse frequencies (head_dim / 2), computed as transformers does in f32,
+    /// with Llama 3 scaling applied when configured.
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim as f32;
+        (0..self.head_dim / 2)
+            .map(|i| {
+                let base = 1.0 / self.rope_theta.powf((2 * i) as f32 / d);
+                match self.rope_llama3 {
+                    None => base,
+                    Some(s) => llama3_scaled(base, s),
+                }
+            })
+            .collect()
+    }
+
     /// Bytes of KV cache one token takes at f32: the paged pool stores exactly this.
     pub fn kv_bytes_per_token(&self) -> usize {
         2 * self.n_layers * self.n_kv_heads * self.head_dim * std::mem::size_of::<f32>()
     }
+}
+
+fn llama3_scaled(inv_freq: f32, s: Llama3RopeScaling) -> f32 {
+    let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+    let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+    let wavelen = 2.0 * std::f32::consts::PI / inv_freq;
+    if wavelen > low_wavelen {
+        inv_freq / s.factor
+    } else if wavelen < high_wavelen {
+        inv_freq
+    } else {
+        let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+            / (s.high_freq_factor - s.low_freq_factor);
+        (1.0 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct HfRopeParameters {
+    rope_theta: Option<f32>,
+    rope_type: Option<String>,
+    #[serde(rename = "type")]
+    type_: Option<String>,
+    factor: Option<f32>,
+    low_freq_factor: Option<f32>,
+    high_freq_factor: Option<f32>,
+    original_max_position_embeddings: Option<f32>,
 }
 
 #[derive(Deserialize)]
@@ -146,5 +222,7 @@ struct HfLlamaConfig {
     vocab_size: usize,
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f32>,
+    rope_parameters: Option<HfRopeParameters>,
+    rope_scaling: Option<HfRopeParameters>,
     max_position_embeddings: Option<usize>,
 }

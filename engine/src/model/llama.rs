@@ -343,14 +343,11 @@ fn rope_tables(config: &LlamaConfig, freq_factors: Option<&Tensor>) -> Result<(T
         Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
         None => vec![1.0; half],
     };
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| {
-            let base = 1.0
-                / config
-                    .rope_theta
-                    .powf((2 * i) as f32 / config.head_dim as f32);
-            base / factors.get(i).copied().unwrap_or(1.0)
-        })
+    let inv_freq: Vec<f32> = config
+        .inv_freq()
+        .into_iter()
+        .enumerate()
+        .map(|(i, base)| base / factors.get(i).copied().unwrap_or(1.0))
         .collect();
     let inv_freq = Tensor::from_vec(inv_freq, (1, half), &Device::Cpu)?;
     let positions = Tensor::arange(0u32, config.context_length as u32, &Device::Cpu)?

@@ -17,7 +17,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "silu_mul",
     "rope",
     "kv_cache_write",
-    "paged_attention_decode",
+    "paged_attention",
     "argmax_f32",
 ];
 

@@ -3,11 +3,14 @@
 //! `dynamic-loading`), so the engine builds and runs on machines without CUDA; `probe`
 //! says why a GPU cannot be used instead of failing later.
 //!
-//! Status: the kernels and GEMMs are here and tested on an H100
-//! (`engine/tests/cuda_kernels.rs`); the Llama forward pass does not run on them yet.
+//! Status: the kernels, GEMMs and a Llama forward pass (`llama.rs`) are here and checked
+//! on an H100 (`engine/tests/cuda_kernels.rs`, `scripts/gpu_llama_check.py`); the server
+//! does not serve from them yet.
 
+mod batch;
 mod gemm;
 pub mod kernels;
+mod llama;
 mod ops;
 
 use std::sync::Arc;
@@ -15,9 +18,11 @@ use std::sync::Arc;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaStream};
 
+pub use batch::{BatchLayout, Chunk};
 pub use cudarc::driver::{CudaSlice, DriverError};
 pub use gemm::Gemm;
-pub use ops::{AttentionShape, Kernels};
+pub use llama::{CudaLlama, KvBudget};
+pub use ops::{AttentionShape, BLOCK_SIZE, Kernels};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {
@@ -31,6 +36,8 @@ pub enum CudaError {
     Cublas(#[from] cudarc::cublas::result::CublasError),
     #[error("invalid kernel arguments: {0}")]
     BadShape(String),
+    #[error(transparent)]
+    Model(#[from] crate::EngineError),
 }
 
 /// What `probe` found: a GPU the backend can open.

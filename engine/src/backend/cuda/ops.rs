@@ -26,7 +26,7 @@ pub struct Kernels {
     silu_mul: CudaFunction,
     rope: CudaFunction,
     kv_cache_write: CudaFunction,
-    paged_attention_decode: CudaFunction,
+    paged_attention: CudaFunction,
     argmax_f32: CudaFunction,
 }
 
@@ -76,7 +76,7 @@ impl Kernels {
             silu_mul: f("silu_mul")?,
             rope: f("rope")?,
             kv_cache_write: f("kv_cache_write")?,
-            paged_attention_decode: f("paged_attention_decode")?,
+            paged_attention: f("paged_attention")?,
             argmax_f32: f("argmax_f32")?,
         })
     }
@@ -345,21 +345,25 @@ impl Kernels {
         Ok(())
     }
 
-    /// Decode attention: each sequence's one query [n_heads, head_dim] over its first
-    /// `context_lens[s]` cached tokens, found through row `s` of `block_tables`.
+    /// Attention for a batch of query tokens [n_heads, head_dim] each: query `i` attends
+    /// the first `context_lens[i]` cached tokens of block-table row `query_rows[i]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn paged_attention_decode(
+    pub fn paged_attention(
         &self,
         q: &CudaSlice<bf16>,
         k_cache: &CudaSlice<bf16>,
         v_cache: &CudaSlice<bf16>,
         block_tables: &CudaSlice<u32>,
+        query_rows: &CudaSlice<u32>,
         context_lens: &CudaSlice<i32>,
         out: &mut CudaSlice<bf16>,
         shape: AttentionShape,
         scale: f32,
     ) -> Result<(), CudaError> {
         let seqs = context_lens.len();
+        check(query_rows.len() == seqs, || {
+            "one block-table row per query".into()
+        })?;
         let AttentionShape {
             n_heads,
             n_kv_heads,
@@ -376,9 +380,10 @@ impl Kernels {
             q.len() == seqs * n_heads * head_dim && out.len() == q.len(),
             || "q or out size".into(),
         )?;
-        check(block_tables.len() == seqs * max_blocks, || {
-            "block table size".into()
-        })?;
+        check(
+            max_blocks > 0 && block_tables.len() % max_blocks == 0,
+            || "block table size".into(),
+        )?;
         check(k_cache.len() == v_cache.len(), || "cache size".into())?;
         if seqs == 0 {
             return Ok(());
@@ -394,12 +399,13 @@ impl Kernels {
             block_dim: (ATTENTION_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut launch = self.stream.launch_builder(&self.paged_attention_decode);
+        let mut launch = self.stream.launch_builder(&self.paged_attention);
         launch
             .arg(q)
             .arg(k_cache)
             .arg(v_cache)
             .arg(block_tables)
+            .arg(query_rows)
             .arg(context_lens)
             .arg(out)
             .arg(&h)

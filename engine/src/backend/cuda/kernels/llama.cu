@@ -171,16 +171,19 @@ extern "C" __global__ void kv_cache_write(
 #define ATTN_WARPS 4
 #define MAX_HEAD_DIM 256
 
-// Decode attention over the paged cache: one new query token per sequence.
-// q, out: [seqs, n_heads, head_dim]; block_tables: [seqs, max_blocks]; context_lens[s]
-// tokens are attended (the new token's key already written). Each warp runs an online
-// softmax over every ATTN_WARPS-th token; the warps then merge. Grid: (n_heads, seqs);
-// block: ATTN_WARPS * 32 threads.
-extern "C" __global__ void paged_attention_decode(
+// Attention over the paged cache for a batch of query tokens from any sequences: query i
+// reads block-table row query_rows[i] and attends its first context_lens[i] tokens (for
+// a prompt token at position p, p + 1: causal; its key is already written). Decode steps
+// and prompt chunks go through the same kernel. q, out: [queries, n_heads, head_dim];
+// block_tables: [rows, max_blocks]. Each warp runs an online softmax over every
+// ATTN_WARPS-th token; the warps then merge. Grid: (n_heads, queries); block:
+// ATTN_WARPS * 32 threads.
+extern "C" __global__ void paged_attention(
     const bf16* __restrict__ q, const bf16* __restrict__ k_cache,
     const bf16* __restrict__ v_cache, const unsigned int* __restrict__ block_tables,
-    const int* __restrict__ context_lens, bf16* __restrict__ out,
-    int n_heads, int n_kv_heads, int head_dim, int max_blocks, float scale) {
+    const unsigned int* __restrict__ query_rows, const int* __restrict__ context_lens,
+    bf16* __restrict__ out, int n_heads, int n_kv_heads, int head_dim, int max_blocks,
+    float scale) {
     const int DIMS_PER_LANE = MAX_HEAD_DIM / WARP;
     int head = blockIdx.x, seq = blockIdx.y;
     int kv_head = head / (n_heads / n_kv_heads);
@@ -195,7 +198,7 @@ extern "C" __global__ void paged_attention_decode(
     }
     float m = -INFINITY, l = 0.0f;
     int len = context_lens[seq];
-    const unsigned int* table = block_tables + (size_t)seq * max_blocks;
+    const unsigned int* table = block_tables + (size_t)query_rows[seq] * max_blocks;
     for (int t = warp; t < len; t += ATTN_WARPS) {
         size_t base = (((size_t)table[t / BLOCK_SIZE] * n_kv_heads + kv_head) * BLOCK_SIZE
                        + t % BLOCK_SIZE) * head_dim + lane * per_lane;
