@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds what a GPU machine without a Rust toolchain runs, stripped, into gpu-bin/:
 # the agentbox binary, the engine's CUDA test binary and the Llama check runner
-# (engine/examples/cuda_llama.rs). Then, on the GPU machine:
+# (engine/examples/cuda_llama.rs) and benchmark (cuda_bench.rs). Then, on the GPU machine:
 #   bash scripts/gpu_tests.sh gpu-bin OUT_DIR
+#   python3 scripts/gpu_bench.py --bin gpu-bin/cuda_bench --out OUT_DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/agentbox-target}"
@@ -16,7 +17,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_kernels":
         print(m["executable"])')
 cp "$test_bin" gpu-bin/cuda_kernels
-cargo build --release --locked -p engine --example cuda_llama
-cp "$CARGO_TARGET_DIR/release/examples/cuda_llama" gpu-bin/cuda_llama
-strip gpu-bin/agentbox gpu-bin/cuda_kernels gpu-bin/cuda_llama
+cargo build --release --locked -p engine --example cuda_llama --example cuda_bench
+cp "$CARGO_TARGET_DIR/release/examples/cuda_llama" "$CARGO_TARGET_DIR/release/examples/cuda_bench" gpu-bin/
+strip gpu-bin/agentbox gpu-bin/cuda_kernels gpu-bin/cuda_llama gpu-bin/cuda_bench
 ls -la gpu-bin

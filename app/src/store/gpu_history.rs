@@ -72,3 +72,51 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn point(t: u64, util: f64) -> HistoryPoint {
+        HistoryPoint {
+            t,
+            gpu_util: Some(util),
+            power_w: Some(300.0),
+            ..HistoryPoint::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn history_is_stored_read_back_in_order_and_pruned() {
+        let dir = std::env::temp_dir().join(format!("agentbox-gpu-history-{}", std::process::id()));
+        let store = Store::open(&dir).unwrap();
+        let rows = vec![
+            ("GPU-b".to_string(), point(2_000, 20.0)),
+            ("GPU-a".to_string(), point(61_000, 61.0)),
+            ("GPU-a".to_string(), point(1_000, 10.0)),
+        ];
+        store.insert_gpu_history(&rows, 0).unwrap();
+        let read = store.gpu_history(0).await.unwrap();
+        let keys: Vec<(&str, u64)> = read.iter().map(|(u, p)| (u.as_str(), p.t)).collect();
+        assert_eq!(
+            keys,
+            [("GPU-a", 1_000), ("GPU-a", 61_000), ("GPU-b", 2_000)]
+        );
+        assert_eq!(read[0].1, point(1_000, 10.0));
+        // A bucket written again replaces the first version.
+        store
+            .insert_gpu_history(&[("GPU-a".to_string(), point(61_000, 99.0))], 0)
+            .unwrap();
+        // `since` filters; a write prunes rows before its retention window.
+        assert_eq!(store.gpu_history(60_000).await.unwrap().len(), 1);
+        store
+            .insert_gpu_history(&[("GPU-a".to_string(), point(121_000, 5.0))], 60_000)
+            .unwrap();
+        let read = store.gpu_history(0).await.unwrap();
+        let kept: Vec<(u64, Option<f64>)> = read.iter().map(|(_, p)| (p.t, p.gpu_util)).collect();
+        assert_eq!(kept, [(61_000, Some(99.0)), (121_000, Some(5.0))]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -178,6 +178,15 @@ impl CudaLlama {
         self.weight_bytes
     }
 
+    /// Weight bytes one decode step reads: all but the embedding table, of which only the
+    /// tokens' rows are gathered (unless it doubles as the LM head).
+    pub fn weight_bytes_read_per_step(&self) -> usize {
+        match self.lm_head {
+            Some(_) => self.weight_bytes - self.embed.len() * 2,
+            None => self.weight_bytes,
+        }
+    }
+
     /// Runs one step and returns `[chunks, vocab]` f32 logits of each chunk's last token,
     /// left on the GPU.
     pub fn forward(&mut self, chunks: &[Chunk<'_>]) -> Result<CudaSlice<f32>, CudaError> {
