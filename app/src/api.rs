@@ -3,23 +3,37 @@
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::{conversations, gpu, openai, ui_assets};
+use crate::{conversations, gateway, gpu, openai, ui_assets};
 
 /// Request bodies larger than this are refused (413).
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/models", get(openai::models::list_models))
+    // Inference calls pass the gateway first: models of the LiteLLM config go upstream.
+    let inference = Router::new()
         .route("/chat/completions", post(openai::chat::chat_completions))
         .route("/completions", post(openai::completions::completions))
         .route("/embeddings", post(openai::embeddings::embeddings))
-        .fallback(unknown_route);
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            gateway::route,
+        ));
+    let key = middleware::from_fn_with_state(state.clone(), gateway::auth::require_key);
+    let v1 = Router::new()
+        .route("/models", get(openai::models::list_models))
+        .merge(inference)
+        .fallback(unknown_route)
+        .layer(key.clone());
+    let vllm_extras = Router::new()
+        .route("/tokenize", post(openai::tokenize::tokenize))
+        .route("/detokenize", post(openai::tokenize::detokenize))
+        .route_layer(key);
     let conversations = Router::new()
         .route("/", get(conversations::list).post(conversations::create))
         .route(
@@ -32,8 +46,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/conversations", conversations)
         .route("/api/gpu", get(gpu::api::status))
         .route("/api/gpu/history", get(gpu::api::history))
-        .route("/tokenize", post(openai::tokenize::tokenize))
-        .route("/detokenize", post(openai::tokenize::detokenize))
+        .merge(vllm_extras)
         .route("/health", get(health))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -24,6 +24,16 @@ pub struct RawConfig {
     pub models: Option<Vec<RawModelConfig>>,
     pub gpu: Option<RawGpuConfig>,
     pub kubernetes: Option<RawKubernetesConfig>,
+    pub gateway: Option<RawGatewayConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGatewayConfig {
+    /// A LiteLLM proxy `config.yaml`, used as is (relative to the working directory).
+    pub litellm_config: Option<PathBuf>,
+    /// The key every `/v1` call must present; overrides the LiteLLM file's master key.
+    pub master_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +157,8 @@ pub struct Overrides {
     pub models_dir: Option<PathBuf>,
     pub threads: Option<usize>,
     pub kubernetes: RawKubernetesConfig,
+    pub litellm_config: Option<PathBuf>,
+    pub master_key: Option<String>,
 }
 
 /// The checked configuration the server runs with.
@@ -159,6 +171,9 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     pub gpu: GpuConfig,
     pub kubernetes: KubernetesConfig,
+    /// The LiteLLM config's deployments and settings, when one is given.
+    pub litellm: Option<std::sync::Arc<crate::gateway::LiteLlmConfig>>,
+    pub master_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -296,6 +311,23 @@ impl Config {
             container: non_empty(env_kubernetes.container.or(file_kubernetes.container)),
             node_name: non_empty(env_kubernetes.node_name.or(file_kubernetes.node_name)),
         };
+        let raw_gateway = raw.gateway.unwrap_or_default();
+        let litellm = match overrides.litellm_config.or(raw_gateway.litellm_config) {
+            Some(path) => Some(std::sync::Arc::new(crate::gateway::LiteLlmConfig::load(
+                &path,
+            )?)),
+            None => None,
+        };
+        let master_key = overrides
+            .master_key
+            .or(raw_gateway.master_key)
+            .or_else(|| litellm.as_ref().and_then(|l| l.master_key.clone()))
+            .filter(|k| !k.trim().is_empty());
+        if master_key.is_none() && !listen.ip().is_loopback() {
+            bail!(
+                "listen: {listen} is reachable from other machines, but no master key is set; set AGENTBOX_MASTER_KEY (or gateway.master_key, or general_settings.master_key in the LiteLLM config), or listen on 127.0.0.1"
+            );
+        }
         Ok(Self {
             listen,
             data_dir,
@@ -304,6 +336,8 @@ impl Config {
             models,
             gpu,
             kubernetes,
+            litellm,
+            master_key,
         })
     }
 }

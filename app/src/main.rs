@@ -5,6 +5,7 @@ mod api;
 mod config;
 mod conversations;
 mod error;
+mod gateway;
 mod gpu;
 mod metrics;
 mod models;
@@ -39,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API and web UI.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Read every GPU through NVML, as the monitor does, and print the samples as JSON.
     Gpu(GpuArgs),
 }
@@ -83,6 +84,12 @@ struct ServeArgs {
     container_name: Option<String>,
     #[arg(long, env = "AGENTBOX_NODE_NAME", hide = true)]
     node_name: Option<String>,
+    /// A LiteLLM proxy config.yaml: its model_list becomes routable models
+    #[arg(long, env = "AGENTBOX_LITELLM_CONFIG")]
+    litellm_config: Option<PathBuf>,
+    /// The key /v1 calls must present (environment only, so it stays out of `ps`)
+    #[arg(skip = std::env::var("AGENTBOX_MASTER_KEY").ok())]
+    master_key: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -96,7 +103,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Gpu(args) => print_gpu_samples(&args),
     };
     match result {
@@ -121,6 +128,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             container: args.container_name,
             node_name: args.node_name,
         },
+        litellm_config: args.litellm_config,
+        master_key: args.master_key,
     })?;
     // SAFETY: still single-threaded here; the async runtime starts below.
     unsafe { engine::set_cpu_threads(config.threads) }.context("configuring CPU threads")?;
@@ -153,11 +162,28 @@ async fn run(config: Config) -> anyhow::Result<()> {
     })
     .await
     .context("starting the GPU monitor")?;
+    let gateway = match &config.litellm {
+        Some(litellm) => {
+            let (gateway, unsupported) = gateway::Gateway::new(litellm)?;
+            for warning in litellm.warnings.iter().chain(&unsupported) {
+                tracing::warn!("LiteLLM config: {warning}");
+            }
+            let names: Vec<&str> = gateway.model_names().collect();
+            tracing::info!(models = ?names, "gateway: routing these models upstream");
+            Some(Arc::new(gateway))
+        }
+        None => None,
+    };
+    if config.master_key.is_some() {
+        tracing::info!("a master key guards /v1");
+    }
     let state = AppState {
         models: Arc::new(OnceLock::new()),
         store: store.clone(),
         metrics: Arc::new(metrics::Metrics::new()?),
         gpu: gpu.clone(),
+        gateway,
+        master_key: config.master_key.clone().map(Arc::from),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -1,9 +1,10 @@
 //! `AppState`: what every handler can reach — the loaded models (filled once loading
-//! finishes), the store, the metrics and the GPU monitor.
+//! finishes), the store, the metrics, the GPU monitor, the gateway and the master key.
 
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{AppError, AppResult};
+use crate::gateway::Gateway;
 use crate::gpu::GpuMonitor;
 use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
@@ -15,6 +16,9 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub gpu: Arc<GpuMonitor>,
+    /// Upstream deployments from a LiteLLM config, if one was given.
+    pub gateway: Option<Arc<Gateway>>,
+    pub master_key: Option<Arc<str>>,
 }
 
 impl AppState {

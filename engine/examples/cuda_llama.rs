@@ -77,12 +77,16 @@ fn step(model: &mut CudaLlama, seqs: &mut [Sequence]) -> AnyResult<Vec<Vec<f32>>
     Ok(rows)
 }
 
+/// What `generate` returns: each prompt's new tokens, the logits after each prompt, and
+/// the decode time.
+type Generated = (Vec<Vec<u32>>, Vec<Vec<f32>>, f64);
+
 fn generate(
     model: &mut CudaLlama,
     prompts: &[Vec<u32>],
     new_tokens: usize,
     blocks: &mut Blocks,
-) -> AnyResult<(Vec<Vec<u32>>, Vec<Vec<f32>>, f64)> {
+) -> AnyResult<Generated> {
     let mut seqs: Vec<Sequence> = prompts
         .iter()
         .map(|p| Sequence {

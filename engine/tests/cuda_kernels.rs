@@ -192,11 +192,11 @@ fn rope_rotates_half_pairs_at_each_position() {
     let reference = |x: &[bf16], heads: usize| -> Vec<f32> {
         let half = head_dim / 2;
         let mut out = vec![0f32; x.len()];
-        for t in 0..tokens {
+        for (t, &position) in positions.iter().enumerate() {
             for h in 0..heads {
                 let base = (t * heads + h) * head_dim;
                 for i in 0..half {
-                    let angle = positions[t] as f32 * inv_freq[i];
+                    let angle = position as f32 * inv_freq[i];
                     let (s, c) = (round(angle.sin()), round(angle.cos()));
                     let (x0, x1) = (f(x[base + i]), f(x[base + i + half]));
                     out[base + i] = round(round(x0 * c) - round(x1 * s));

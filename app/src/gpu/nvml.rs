@@ -161,7 +161,7 @@ impl<'n> Sampler<'n> {
     /// Takes one reading of every GPU, in NVML index order.
     pub fn sample(&mut self) -> Vec<DeviceReading> {
         self.drain_xid_events();
-        let read_slow = self.ticks % self.slow_every == 0;
+        let read_slow = self.ticks.is_multiple_of(self.slow_every);
         self.ticks += 1;
         (0..self.devices.len())
             .map(|i| self.read(i, read_slow))

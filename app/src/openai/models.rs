@@ -1,5 +1,6 @@
 //! `GET /v1/models`, with vLLM's `max_model_len` and a `task` field ("generate" or
-//! "embed") so the UI can tell chat models from embedders.
+//! "embed") so the UI can tell chat models from embedders; gateway models follow the local
+//! ones, `owned_by: "gateway"`.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,7 +11,7 @@ use crate::state::AppState;
 
 pub async fn list_models(State(state): State<AppState>) -> AppResult<Json<Value>> {
     let models = state.models()?;
-    let data: Vec<Value> = models
+    let mut data: Vec<Value> = models
         .listed
         .iter()
         .map(|m| {
@@ -24,5 +25,12 @@ pub async fn list_models(State(state): State<AppState>) -> AppResult<Json<Value>
             })
         })
         .collect();
+    if let Some(gateway) = &state.gateway {
+        let mut names: Vec<&str> = gateway.model_names().collect();
+        names.sort_unstable();
+        data.extend(names.into_iter().map(|name| {
+            json!({"id": name, "object": "model", "created": 0, "owned_by": "gateway", "task": "generate"})
+        }));
+    }
     Ok(Json(json!({"object": "list", "data": data})))
 }

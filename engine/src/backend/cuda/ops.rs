@@ -90,7 +90,7 @@ impl Kernels {
         dim: usize,
     ) -> Result<(), CudaError> {
         let tokens = ids.len();
-        check(dim > 0 && table.len() % dim == 0, || {
+        check(dim > 0 && table.len().is_multiple_of(dim), || {
             format!("table of {} is not rows of {dim}", table.len())
         })?;
         check(out.len() == tokens * dim, || {
@@ -121,7 +121,7 @@ impl Kernels {
         dim: usize,
         eps: f32,
     ) -> Result<(), CudaError> {
-        check(dim > 0 && x.len() % dim == 0, || {
+        check(dim > 0 && x.len().is_multiple_of(dim), || {
             format!("x of {} is not rows of {dim}", x.len())
         })?;
         check(weight.len() == dim && out.len() == x.len(), || {
@@ -154,7 +154,7 @@ impl Kernels {
         dim: usize,
         eps: f32,
     ) -> Result<(), CudaError> {
-        check(dim > 0 && x.len() % dim == 0, || {
+        check(dim > 0 && x.len().is_multiple_of(dim), || {
             format!("x of {} is not rows of {dim}", x.len())
         })?;
         check(
@@ -259,7 +259,7 @@ impl Kernels {
         head_dim: usize,
     ) -> Result<(), CudaError> {
         let tokens = positions.len();
-        check(head_dim % 2 == 0 && head_dim <= 2048, || {
+        check(head_dim.is_multiple_of(2) && head_dim <= 2048, || {
             format!("head_dim {head_dim}")
         })?;
         check(
@@ -318,7 +318,7 @@ impl Kernels {
             "k or v size".into()
         })?;
         check(
-            k_cache.len() == v_cache.len() && k_cache.len() % (BLOCK_SIZE * per_token) == 0,
+            k_cache.len() == v_cache.len() && k_cache.len().is_multiple_of(BLOCK_SIZE * per_token),
             || "cache size".into(),
         )?;
         if tokens == 0 {
@@ -381,7 +381,7 @@ impl Kernels {
             || "q or out size".into(),
         )?;
         check(
-            max_blocks > 0 && block_tables.len() % max_blocks == 0,
+            max_blocks > 0 && block_tables.len().is_multiple_of(max_blocks),
             || "block table size".into(),
         )?;
         check(k_cache.len() == v_cache.len(), || "cache size".into())?;

@@ -1,0 +1,322 @@
+//! LiteLLM's proxy `config.yaml`, read as users already have it: `model_list` with
+//! `litellm_params`, `router_settings`, `litellm_settings` and `general_settings`, and
+//! `os.environ/NAME` values. Unknown keys and keys not supported yet are collected as
+//! warnings, never fatal; only what would make the server unsafe or unusable fails.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_yaml::{Mapping, Value};
+
+/// One upstream deployment of a `model_name` group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    pub model_name: String,
+    /// `openai`, `hosted_vllm`, `anthropic`, ... (the part of `model` before the `/`).
+    pub provider: String,
+    /// The model name the upstream knows.
+    pub upstream_model: String,
+    pub api_base: Option<String>,
+    pub api_key: Option<String>,
+    pub weight: f64,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+pub struct LiteLlmConfig {
+    pub deployments: Vec<Deployment>,
+    pub master_key: Option<String>,
+    pub num_retries: u32,
+    pub timeout: Option<Duration>,
+    /// Things the file asks for that agentbox ignores, one line each.
+    pub warnings: Vec<String>,
+}
+
+const TOP_LEVEL: &[&str] = &[
+    "model_list",
+    "router_settings",
+    "litellm_settings",
+    "general_settings",
+    "environment_variables",
+];
+const PARAMS_SUPPORTED: &[&str] = &["model", "api_base", "api_key", "weight", "timeout"];
+
+/// Resolves `os.environ/NAME` from the environment; other strings are themselves.
+fn resolve(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    match value.strip_prefix("os.environ/") {
+        Some(name) => env(name).ok_or_else(|| format!("environment variable {name} is not set")),
+        None => Ok(value.to_string()),
+    }
+}
+
+fn string(map: &Mapping, key: &str) -> Option<String> {
+    match map.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn seconds(value: Option<&Value>) -> Option<Duration> {
+    let secs = match value? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.parse().ok()?,
+        _ => return None,
+    };
+    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+}
+
+impl LiteLlmConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading LiteLLM config {}", path.display()))?;
+        Self::parse(&text, &|name| std::env::var(name).ok())
+            .with_context(|| format!("LiteLLM config {}", path.display()))
+    }
+
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let root: Value = serde_yaml::from_str(text).context("not valid YAML")?;
+        let Value::Mapping(root) = root else {
+            bail!("the top level must be a mapping with model_list");
+        };
+        let mut config = LiteLlmConfig {
+            num_retries: 2,
+            ..LiteLlmConfig::default()
+        };
+        for key in root.keys().filter_map(Value::as_str) {
+            if !TOP_LEVEL.contains(&key) {
+                config
+                    .warnings
+                    .push(format!("unknown top-level key `{key}` is ignored"));
+            }
+        }
+        if let Some(list) = root.get("model_list") {
+            let Value::Sequence(list) = list else {
+                bail!("model_list must be a list");
+            };
+            for (i, item) in list.iter().enumerate() {
+                config.read_deployment(i, item, env)?;
+            }
+        }
+        if let Some(Value::Mapping(router)) = root.get("router_settings") {
+            for (key, value) in router {
+                let Some(key) = key.as_str() else { continue };
+                match key {
+                    "num_retries" => {
+                        config.num_retries = value.as_u64().map_or(config.num_retries, |n| n.min(10) as u32)
+                    }
+                    "timeout" => config.timeout = seconds(Some(value)),
+                    "routing_strategy" if value.as_str() == Some("simple-shuffle") => {}
+                    _ => config.warnings.push(format!(
+                        "router_settings.{key} is not supported yet and is ignored (routing is simple-shuffle, weighted)"
+                    )),
+                }
+            }
+        }
+        if let Some(Value::Mapping(general)) = root.get("general_settings") {
+            for (key, value) in general {
+                let Some(key) = key.as_str() else { continue };
+                if key == "master_key" {
+                    let Some(raw) = value.as_str() else {
+                        bail!("general_settings.master_key must be a string");
+                    };
+                    let key = resolve(raw, env)
+                        .map_err(|e| anyhow::anyhow!("general_settings.master_key: {e}"))?;
+                    if key.is_empty() {
+                        bail!("general_settings.master_key is empty");
+                    }
+                    config.master_key = Some(key);
+                } else {
+                    config.warnings.push(format!(
+                        "general_settings.{key} is not supported yet and is ignored"
+                    ));
+                }
+            }
+        }
+        if let Some(Value::Mapping(settings)) = root.get("litellm_settings") {
+            for key in settings.keys().filter_map(Value::as_str) {
+                config.warnings.push(format!(
+                    "litellm_settings.{key} is not supported yet and is ignored"
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    fn read_deployment(
+        &mut self,
+        i: usize,
+        item: &Value,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<()> {
+        let Value::Mapping(item) = item else {
+            bail!("model_list[{i}] must be a mapping");
+        };
+        let Some(model_name) = string(item, "model_name") else {
+            bail!("model_list[{i}].model_name is required");
+        };
+        let Some(Value::Mapping(params)) = item.get("litellm_params") else {
+            bail!("model_list[{i}].litellm_params is required");
+        };
+        let Some(model) = string(params, "model") else {
+            bail!("model_list[{i}].litellm_params.model is required");
+        };
+        let (provider, upstream_model) = match model.split_once('/') {
+            Some((provider, name)) => (provider.to_string(), name.to_string()),
+            // LiteLLM infers OpenAI for bare names like gpt-4.
+            None => ("openai".to_string(), model.clone()),
+        };
+        for key in params.keys().filter_map(Value::as_str) {
+            if !PARAMS_SUPPORTED.contains(&key) {
+                self.warnings.push(format!(
+                    "model_list[{i}].litellm_params.{key} is not supported yet and is ignored"
+                ));
+            }
+        }
+        let mut resolved = |key: &str| -> Option<String> {
+            let raw = string(params, key)?;
+            match resolve(&raw, env) {
+                Ok(value) => Some(value),
+                Err(e) => {
+                    self.warnings
+                        .push(format!("model_list[{i}].litellm_params.{key}: {e}"));
+                    None
+                }
+            }
+        };
+        let api_base = resolved("api_base").map(|b| b.trim_end_matches('/').to_string());
+        let api_key = resolved("api_key");
+        let weight = params
+            .get("weight")
+            .and_then(Value::as_f64)
+            .filter(|w| *w > 0.0 && w.is_finite())
+            .unwrap_or(1.0);
+        self.deployments.push(Deployment {
+            model_name,
+            provider,
+            upstream_model,
+            api_base,
+            api_key,
+            weight,
+            timeout: seconds(params.get("timeout")),
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The seed platform's example, verbatim.
+    const SEED: &str = "model_list:
+  - model_name: gpt-4
+    litellm_params: {model: openai/gpt-4, api_key: os.environ/OPENAI_API_KEY}
+  - model_name: claude-3
+    litellm_params: {model: anthropic/claude-3-opus, api_key: os.environ/ANTHROPIC_API_KEY}
+  - model_name: llama-70b
+    litellm_params: {model: openai/llama-70b, api_base: http://vllm-llama:8000/v1}
+router_settings: {routing_strategy: least-busy, enable_fallbacks: true}
+general_settings: {master_key: os.environ/LITELLM_MASTER_KEY}
+";
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "OPENAI_API_KEY" => Some("sk-openai".into()),
+            "LITELLM_MASTER_KEY" => Some("sk-master".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_seed_example_loads_with_warnings_for_what_is_not_supported() {
+        let config = LiteLlmConfig::parse(SEED, &env).unwrap();
+        assert_eq!(config.master_key.as_deref(), Some("sk-master"));
+        let names: Vec<(&str, &str, &str)> = config
+            .deployments
+            .iter()
+            .map(|d| {
+                (
+                    d.model_name.as_str(),
+                    d.provider.as_str(),
+                    d.upstream_model.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("gpt-4", "openai", "gpt-4"),
+                ("claude-3", "anthropic", "claude-3-opus"),
+                ("llama-70b", "openai", "llama-70b")
+            ]
+        );
+        assert_eq!(config.deployments[0].api_key.as_deref(), Some("sk-openai"));
+        assert_eq!(
+            config.deployments[2].api_base.as_deref(),
+            Some("http://vllm-llama:8000/v1")
+        );
+        let warnings = config.warnings.join("\n");
+        assert!(
+            warnings.contains("ANTHROPIC_API_KEY is not set"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("router_settings.routing_strategy"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("router_settings.enable_fallbacks"),
+            "{warnings}"
+        );
+    }
+
+    #[test]
+    fn a_master_key_from_an_unset_variable_stops_start_up() {
+        let err = LiteLlmConfig::parse(SEED, &|_| None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("LITELLM_MASTER_KEY is not set"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_warn_and_bad_shapes_fail_naming_the_place() {
+        let config = LiteLlmConfig::parse(
+            "model_list: []\nsurprise: 1\nlitellm_settings: {cache: true}\n",
+            &env,
+        )
+        .unwrap();
+        let warnings = config.warnings.join("\n");
+        assert!(warnings.contains("`surprise`"), "{warnings}");
+        assert!(warnings.contains("litellm_settings.cache"), "{warnings}");
+        let err = LiteLlmConfig::parse("model_list:\n  - model_name: x\n", &env).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("model_list[0].litellm_params"),
+            "{err:#}"
+        );
+        assert!(LiteLlmConfig::parse("[1, 2]", &env).is_err());
+    }
+
+    #[test]
+    fn weights_timeouts_and_bare_model_names() {
+        let config = LiteLlmConfig::parse(
+            "model_list:\n  - model_name: m\n    litellm_params: {model: gpt-4o, weight: 3, timeout: 2.5, api_base: 'http://h/v1/'}\nrouter_settings: {num_retries: 4, timeout: 30}\n",
+            &env,
+        )
+        .unwrap();
+        let d = &config.deployments[0];
+        assert_eq!(
+            (d.provider.as_str(), d.upstream_model.as_str()),
+            ("openai", "gpt-4o")
+        );
+        assert_eq!(d.weight, 3.0);
+        assert_eq!(d.timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(d.api_base.as_deref(), Some("http://h/v1"));
+        assert_eq!(config.num_retries, 4);
+        assert_eq!(config.timeout, Some(Duration::from_secs(30)));
+    }
+}

@@ -1,0 +1,178 @@
+//! Forwarding one OpenAI-format call to an OpenAI-compatible upstream: pick a deployment by
+//! weight, swap in its model name and key, and relay the answer (streams byte for byte).
+//! Connection failures, timeouts, 429 and 5xx are retried on another pick, up to
+//! `num_retries` times, but only before the client has received anything. Upstream errors
+//! reach the client in OpenAI's shape without the upstream's raw body or any key.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rand::Rng;
+use serde_json::{Value, json};
+
+use super::{Deployment, Gateway};
+
+/// Picks a deployment with probability proportional to its weight (LiteLLM's
+/// `simple-shuffle`).
+fn pick(group: &[Deployment]) -> Option<&Deployment> {
+    let total: f64 = group.iter().map(|d| d.weight).sum();
+    let mut at = rand::rng().random_range(0.0..total.max(f64::MIN_POSITIVE));
+    for deployment in group {
+        if at < deployment.weight {
+            return Some(deployment);
+        }
+        at -= deployment.weight;
+    }
+    group.last()
+}
+
+fn retryable(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// An OpenAI-shaped error response.
+fn error(status: StatusCode, kind: &str, message: String) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": null}});
+    (status, axum::Json(body)).into_response()
+}
+
+/// The `error.message` of an OpenAI-shaped error body, if it is one.
+fn upstream_message(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let message = value.get("error")?.get("message")?.as_str()?;
+    Some(message.chars().take(500).collect())
+}
+
+pub async fn forward(
+    gateway: &Gateway,
+    group: &[Deployment],
+    path: &str,
+    mut body: Value,
+) -> Response {
+    let started = Instant::now();
+    let mut last_failure: Option<Response> = None;
+    for attempt in 0..=gateway.num_retries {
+        let Some(deployment) = pick(group) else {
+            break;
+        };
+        if let Some(model) = body.get_mut("model") {
+            *model = Value::String(deployment.upstream_model.clone());
+        }
+        let base = deployment
+            .api_base
+            .as_deref()
+            .unwrap_or("https://api.openai.com/v1");
+        let mut request = gateway
+            .client
+            .post(format!("{base}{path}"))
+            .timeout(deployment.timeout.unwrap_or(gateway.default_timeout))
+            .json(&body);
+        if let Some(key) = &deployment.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                let (status, what) = if e.is_timeout() {
+                    (StatusCode::GATEWAY_TIMEOUT, "timed out")
+                } else {
+                    (StatusCode::BAD_GATEWAY, "could not be reached")
+                };
+                tracing::warn!(model = %deployment.model_name, attempt, "upstream {what}: {e}");
+                last_failure = Some(error(
+                    status,
+                    "upstream_error",
+                    format!("the upstream for model {:?} {what}", deployment.model_name),
+                ));
+                continue;
+            }
+        };
+        let status =
+            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            let detail = upstream_message(&bytes).map_or(String::new(), |m| format!(": {m}"));
+            tracing::warn!(model = %deployment.model_name, attempt, %status, "upstream error");
+            let failure = error(
+                status,
+                if status.is_client_error() {
+                    "invalid_request_error"
+                } else {
+                    "upstream_error"
+                },
+                format!(
+                    "the upstream for model {:?} answered {status}{detail}",
+                    deployment.model_name
+                ),
+            );
+            if retryable(status) {
+                last_failure = Some(failure);
+                continue;
+            }
+            return failure;
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+            .unwrap_or(HeaderValue::from_static("application/json"));
+        tracing::debug!(
+            model = %deployment.model_name,
+            attempt,
+            "upstream answered in {:.1} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        let mut relayed = Response::new(Body::from_stream(response.bytes_stream()));
+        relayed
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+        return relayed;
+    }
+    last_failure.unwrap_or_else(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_error",
+            "no deployment is available for this model".into(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn deployment(name: &str, weight: f64) -> Deployment {
+        Deployment {
+            model_name: "m".into(),
+            provider: "openai".into(),
+            upstream_model: name.into(),
+            api_base: None,
+            api_key: None,
+            weight,
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn picks_follow_the_weights() {
+        let group = [deployment("a", 1.0), deployment("b", 3.0)];
+        let b = (0..4000)
+            .filter(|_| pick(&group).unwrap().upstream_model == "b")
+            .count();
+        assert!((2700..3300).contains(&b), "{b} of 4000");
+        assert!(pick(&[]).is_none());
+    }
+
+    #[test]
+    fn only_openai_shaped_messages_are_passed_on() {
+        assert_eq!(
+            upstream_message(br#"{"error":{"message":"too long","type":"x"}}"#).as_deref(),
+            Some("too long")
+        );
+        assert_eq!(upstream_message(b"<html>secret stack trace</html>"), None);
+    }
+}
