@@ -2,8 +2,8 @@
 
 Owns the session-scoped `server` fixture (binary lookup, free port, data dir, log capture,
 readiness polling on /health/ready, graceful SIGTERM shutdown that must exit 0) and the
-`client` fixture (an `openai.OpenAI` client pointed at the server's /v1). Shared by
-test_openai_sdk.py and test_browser_chat.py.
+`client` fixture (an `openai.OpenAI` client pointed at the server's /v1). Shared by every
+test in this folder; test_gateway_sdk.py also starts a second server in front of it.
 """
 
 from __future__ import annotations
