@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::{conversations, gateway, gpu, openai, ui_assets};
+use crate::{anthropic, conversations, gateway, gpu, openai, ui_assets};
 
 /// Request bodies larger than this are refused (413).
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
     let key = middleware::from_fn_with_state(state.clone(), gateway::auth::require_key);
     let v1 = Router::new()
         .route("/models", get(openai::models::list_models))
+        .route("/messages", post(anthropic::messages))
         .merge(inference)
         .fallback(unknown_route)
         .layer(key.clone());

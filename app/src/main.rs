@@ -1,6 +1,7 @@
 //! The `agentbox` binary: parses flags, loads the config, opens the store, starts serving
 //! at once (ready once the models load), and shuts down gracefully on SIGINT/SIGTERM.
 
+mod anthropic;
 mod api;
 mod config;
 mod conversations;

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 pub use self::litellm::{Deployment, LiteLlmConfig};
+pub use self::upstream::forward;
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -69,7 +70,8 @@ impl Gateway {
         self.groups.keys().map(String::as_str)
     }
 
-    fn group(&self, model: &str) -> Option<&[Deployment]> {
+    /// The deployments behind a gateway model name.
+    pub fn group(&self, model: &str) -> Option<&[Deployment]> {
         self.groups.get(model).map(Vec::as_slice)
     }
 }
