@@ -43,7 +43,10 @@ models:
 ui:
 	scripts/build-ui.sh
 
+# `cargo fetch` downloads every locked crate, other targets' too: the tidy test reads the
+# whole dependency graph offline.
 build: ui
+	cargo fetch --locked
 	cargo build --release --locked -p agentbox
 
 test-deps:

@@ -34,7 +34,7 @@ pub fn router(state: AppState) -> Router {
     let vllm_extras = Router::new()
         .route("/tokenize", post(openai::tokenize::tokenize))
         .route("/detokenize", post(openai::tokenize::detokenize))
-        .route_layer(key);
+        .route_layer(key.clone());
     let conversations = Router::new()
         .route("/", get(conversations::list).post(conversations::create))
         .route(
@@ -42,11 +42,15 @@ pub fn router(state: AppState) -> Router {
             get(conversations::get).delete(conversations::delete),
         )
         .route("/{id}/messages", post(conversations::add_message));
+    // The UI's own API holds conversations: the same key guards it.
+    let ui_api = Router::new()
+        .nest("/conversations", conversations)
+        .route("/gpu", get(gpu::api::status))
+        .route("/gpu/history", get(gpu::api::history))
+        .route_layer(key);
     Router::new()
         .nest("/v1", v1)
-        .nest("/api/conversations", conversations)
-        .route("/api/gpu", get(gpu::api::status))
-        .route("/api/gpu/history", get(gpu::api::history))
+        .nest("/api", ui_api)
         .merge(vllm_extras)
         .route("/health", get(health))
         .route("/health/ready", get(ready))

@@ -8,6 +8,7 @@ test in this folder; test_gateway_sdk.py also starts a second server in front of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -55,6 +56,51 @@ def _log_tail(path: Path, lines: int = 60) -> str:
     except OSError as e:
         return f"<could not read {path}: {e}>"
     return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def extra_server(tmp: Path, *args: str, env: dict | None = None):
+    """Starts another `agentbox serve` (on a free port, data in `tmp`, with `args`), yields
+    its base URL once ready, and stops it with SIGTERM, which must exit 0."""
+    port = _free_port()
+    log_path = tmp / f"agentbox-{port}.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [str(_find_binary()), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp), *args],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            log.close()
+            pytest.fail(f"agentbox exited early:\n{_log_tail(log_path)}", pytrace=False)
+        try:
+            if httpx.get(base_url + "/health/ready", timeout=2.0).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            log.close()
+            pytest.fail(f"agentbox not ready:\n{_log_tail(log_path)}", pytrace=False)
+        time.sleep(0.1)
+    try:
+        yield base_url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        log.close()
+        assert code == 0, _log_tail(log_path)
+
+
+def gateway_server(tmp: Path, litellm_yaml: str, env: dict | None = None):
+    """An `extra_server` with no local models and this LiteLLM config."""
+    (tmp / "litellm.yaml").write_text(litellm_yaml)
+    (tmp / "agentbox.yaml").write_text("models: []\n")
+    return extra_server(tmp, "--config", str(tmp / "agentbox.yaml"),
+                        "--litellm-config", str(tmp / "litellm.yaml"), env=env)
 
 
 @dataclasses.dataclass

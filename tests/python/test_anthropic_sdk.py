@@ -10,18 +10,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anthropic
 import httpx
 import pytest
 
-from conftest import _find_binary, _free_port, _log_tail
+from conftest import gateway_server
 
 MODEL = "SmolLM2-135M-Instruct"
 QUESTION = "What is the capital of France?"
@@ -112,36 +108,12 @@ class ScriptedUpstream(BaseHTTPRequestHandler):
 def tool_gateway(tmp_path_factory):
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedUpstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    tmp = tmp_path_factory.mktemp("tools")
-    litellm = tmp / "litellm.yaml"
-    litellm.write_text(
+    config = (
         "model_list:\n  - model_name: claude-tools\n"
         f"    litellm_params: {{model: openai/up, api_base: http://127.0.0.1:{upstream.server_port}/v1}}\n"
     )
-    config = tmp / "agentbox.yaml"
-    config.write_text("models: []\n")
-    port = _free_port()
-    log_path = tmp / "gateway.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [str(_find_binary()), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp),
-         "--config", str(config), "--litellm-config", str(litellm)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(os.environ),
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(base_url + "/health/ready", timeout=1.0).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(_log_tail(log_path), pytrace=False)
-    yield base_url
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
+    with gateway_server(tmp_path_factory.mktemp("tools"), config) as url:
+        yield url
     upstream.shutdown()
 
 

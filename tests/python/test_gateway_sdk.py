@@ -8,16 +8,10 @@ not; a wrong key must be an `AuthenticationError`.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
-
-import httpx
 import openai
 import pytest
 
-from conftest import _find_binary, _free_port, _log_tail
+from conftest import gateway_server
 
 MASTER_KEY = "sk-gateway-test-key"
 MODEL = "SmolLM2-135M-Instruct"
@@ -25,9 +19,7 @@ MODEL = "SmolLM2-135M-Instruct"
 
 @pytest.fixture(scope="module")
 def gateway(server, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gateway")
-    litellm = tmp / "litellm.yaml"
-    litellm.write_text(
+    config = (
         "model_list:\n"
         "  - model_name: gpt-4\n"
         f"    litellm_params: {{model: openai/{MODEL}, api_base: {server.base_url}/v1, "
@@ -35,35 +27,9 @@ def gateway(server, tmp_path_factory):
         "router_settings: {routing_strategy: simple-shuffle, num_retries: 1}\n"
         "general_settings: {master_key: os.environ/GATEWAY_MASTER_KEY}\n"
     )
-    config = tmp / "agentbox.yaml"
-    config.write_text("models: []\n")
-    port = _free_port()
-    env = dict(os.environ, UPSTREAM_KEY="sk-upstream", GATEWAY_MASTER_KEY=MASTER_KEY)
-    log_path = tmp / "gateway.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [str(_find_binary()), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp),
-         "--config", str(config), "--litellm-config", str(litellm)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"gateway exited early:\n{_log_tail(log_path)}", pytrace=False)
-        try:
-            if httpx.get(base_url + "/health/ready", timeout=2.0).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"gateway not ready:\n{_log_tail(log_path)}", pytrace=False)
-        time.sleep(0.1)
-    yield base_url
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0, _log_tail(log_path)
-    log.close()
+    env = {"UPSTREAM_KEY": "sk-upstream", "GATEWAY_MASTER_KEY": MASTER_KEY}
+    with gateway_server(tmp_path_factory.mktemp("gateway"), config, env) as url:
+        yield url
 
 
 def ask(client: openai.OpenAI, model: str, **extra):

@@ -233,7 +233,7 @@ async fn failures_are_retried_up_to_num_retries_and_never_leak_the_upstream_body
 }
 
 #[tokio::test]
-async fn the_master_key_guards_v1_but_not_health() {
+async fn the_master_key_guards_v1_and_the_ui_api_but_not_health() {
     let (url, _) = scripted_upstream(0).await;
     let dir = tempfile::tempdir().unwrap();
     let litellm = format!(
@@ -278,6 +278,30 @@ async fn the_master_key_guards_v1_but_not_health() {
         client.get(gw.url("/health")).send().await.unwrap().status(),
         200
     );
+    assert_eq!(
+        client
+            .get(gw.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The UI's API holds conversations: guarded too; its static files are not.
+    let response = client
+        .get(gw.url("/api/conversations"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = client
+        .get(gw.url("/api/conversations"))
+        .bearer_auth("sk-test-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(client.get(gw.url("/")).send().await.unwrap().status(), 200);
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! The master key: with one configured, every `/v1` call and vLLM's `/tokenize` and
-//! `/detokenize` need `Authorization: Bearer KEY` or `x-api-key: KEY` (as LiteLLM and
-//! Anthropic clients send). Without one, the server only listens on loopback addresses
+//! The master key: with one configured, every `/v1` call, vLLM's `/tokenize` and
+//! `/detokenize`, and the UI's `/api/*` need `Authorization: Bearer KEY` or
+//! `x-api-key: KEY` (as LiteLLM and Anthropic clients send). `/health`, `/metrics` and the
+//! UI's static files stay open. Without one, the server only listens on loopback addresses
 //! (checked in `config.rs`).
 
 use axum::extract::{Request, State};

@@ -3,6 +3,7 @@
 //! on failures that happen before any byte reaches the client); other names stay with the
 //! local engine. Also the master key that guards `/v1`.
 
+mod anthropic_wire;
 pub mod auth;
 pub mod litellm;
 mod upstream;
@@ -20,8 +21,8 @@ pub use self::upstream::forward;
 use crate::error::AppError;
 use crate::state::AppState;
 
-/// Providers that speak OpenAI's wire format at `api_base`.
-const OPENAI_COMPATIBLE: &[&str] = &["openai", "hosted_vllm", "openai_compatible"];
+/// Providers served: those that speak OpenAI's wire format at `api_base`, and Anthropic.
+const SUPPORTED: &[&str] = &["openai", "hosted_vllm", "openai_compatible", "anthropic"];
 
 pub struct Gateway {
     groups: HashMap<String, Vec<Deployment>>,
@@ -37,7 +38,7 @@ impl Gateway {
         let mut warnings = Vec::new();
         let mut groups: HashMap<String, Vec<Deployment>> = HashMap::new();
         for deployment in &config.deployments {
-            if !OPENAI_COMPATIBLE.contains(&deployment.provider.as_str()) {
+            if !SUPPORTED.contains(&deployment.provider.as_str()) {
                 warnings.push(format!(
                     "model {:?}: provider {:?} is not supported yet; this deployment is not served",
                     deployment.model_name, deployment.provider

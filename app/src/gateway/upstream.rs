@@ -1,5 +1,6 @@
-//! Forwarding one OpenAI-format call to an OpenAI-compatible upstream: pick a deployment by
-//! weight, swap in its model name and key, and relay the answer (streams byte for byte).
+//! Forwarding one OpenAI-format call upstream: pick a deployment by weight, then either
+//! swap in its model name and key and relay the answer byte for byte (OpenAI-compatible
+//! upstreams), or translate to and from Anthropic's Messages API.
 //! Connection failures, timeouts, 429 and 5xx are retried on another pick, up to
 //! `num_retries` times, but only before the client has received anything. Upstream errors
 //! reach the client in OpenAI's shape without the upstream's raw body or any key.
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use rand::Rng;
 use serde_json::{Value, json};
 
-use super::{Deployment, Gateway};
+use super::{Deployment, Gateway, anthropic_wire};
 
 /// Picks a deployment with probability proportional to its weight (LiteLLM's
 /// `simple-shuffle`).
@@ -45,6 +46,128 @@ fn upstream_message(body: &[u8]) -> Option<String> {
     Some(message.chars().take(500).collect())
 }
 
+/// The upstream HTTP request for one attempt, in the deployment's wire format.
+fn build_request(
+    gateway: &Gateway,
+    deployment: &Deployment,
+    path: &str,
+    body: &mut Value,
+) -> Result<reqwest::RequestBuilder, Response> {
+    let timeout = deployment.timeout.unwrap_or(gateway.default_timeout);
+    if deployment.provider == "anthropic" {
+        if path != "/chat/completions" {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!(
+                    "model {:?} (Anthropic) serves chat completions only",
+                    deployment.model_name
+                ),
+            ));
+        }
+        let translated = anthropic_wire::to_anthropic_request(body, &deployment.upstream_model)
+            .map_err(|m| error(StatusCode::BAD_REQUEST, "invalid_request_error", m))?;
+        let base = deployment
+            .api_base
+            .as_deref()
+            .unwrap_or("https://api.anthropic.com")
+            .trim_end_matches("/v1");
+        let mut request = gateway
+            .client
+            .post(format!("{base}/v1/messages"))
+            .timeout(timeout)
+            .header("anthropic-version", ANTHROPIC_VERSION)
+            .json(&translated);
+        if let Some(key) = &deployment.api_key {
+            request = request.header("x-api-key", key);
+        }
+        return Ok(request);
+    }
+    if let Some(model) = body.get_mut("model") {
+        *model = Value::String(deployment.upstream_model.clone());
+    }
+    let base = deployment
+        .api_base
+        .as_deref()
+        .unwrap_or("https://api.openai.com/v1");
+    let mut request = gateway
+        .client
+        .post(format!("{base}{path}"))
+        .timeout(timeout)
+        .json(body);
+    if let Some(key) = &deployment.api_key {
+        request = request.bearer_auth(key);
+    }
+    Ok(request)
+}
+
+/// An OpenAI-compatible answer, passed through byte for byte.
+fn relay(response: reqwest::Response) -> Response {
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    let mut relayed = Response::new(Body::from_stream(response.bytes_stream()));
+    relayed
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
+    relayed
+}
+
+/// An Anthropic answer in OpenAI's shape: whole, or its events as chunks.
+async fn relay_anthropic(
+    response: reqwest::Response,
+    deployment: &Deployment,
+    request: &Value,
+) -> Response {
+    let model = deployment.model_name.clone();
+    if request.get("stream").and_then(Value::as_bool) != Some(true) {
+        return match response.json::<Value>().await {
+            Ok(message) => {
+                axum::Json(anthropic_wire::to_openai_completion(&message, &model)).into_response()
+            }
+            Err(_) => error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("the upstream for model {model:?} sent an unreadable answer"),
+            ),
+        };
+    }
+    let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+    let mut translator = anthropic_wire::StreamTranslator::new(&model, include_usage);
+    let mut upstream = response.bytes_stream();
+    let chunks = async_stream::stream! {
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(Ok(bytes)) = futures::StreamExt::next(&mut upstream).await {
+            pending.extend_from_slice(&bytes);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                if let Some(payload) = line.trim_end().strip_prefix("data:") {
+                    let out = translator.push(payload.trim_start());
+                    if !out.is_empty() {
+                        yield Ok::<axum::body::Bytes, std::convert::Infallible>(out.into());
+                    }
+                }
+            }
+        }
+        if !translator.done {
+            // Cut short: end the stream so clients do not wait forever.
+            yield Ok("data: [DONE]\n\n".into());
+        }
+    };
+    let mut relayed = Response::new(Body::from_stream(chunks));
+    relayed.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    relayed
+}
+
+/// The Messages API version agentbox speaks.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
 pub async fn forward(
     gateway: &Gateway,
     group: &[Deployment],
@@ -57,21 +180,10 @@ pub async fn forward(
         let Some(deployment) = pick(group) else {
             break;
         };
-        if let Some(model) = body.get_mut("model") {
-            *model = Value::String(deployment.upstream_model.clone());
-        }
-        let base = deployment
-            .api_base
-            .as_deref()
-            .unwrap_or("https://api.openai.com/v1");
-        let mut request = gateway
-            .client
-            .post(format!("{base}{path}"))
-            .timeout(deployment.timeout.unwrap_or(gateway.default_timeout))
-            .json(&body);
-        if let Some(key) = &deployment.api_key {
-            request = request.bearer_auth(key);
-        }
+        let request = match build_request(gateway, deployment, path, &mut body) {
+            Ok(request) => request,
+            Err(refusal) => return refusal,
+        };
         let response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
@@ -113,22 +225,17 @@ pub async fn forward(
             }
             return failure;
         }
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
-            .unwrap_or(HeaderValue::from_static("application/json"));
         tracing::debug!(
             model = %deployment.model_name,
             attempt,
             "upstream answered in {:.1} ms",
             started.elapsed().as_secs_f64() * 1000.0
         );
-        let mut relayed = Response::new(Body::from_stream(response.bytes_stream()));
-        relayed
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, content_type);
-        return relayed;
+        return if deployment.provider == "anthropic" {
+            relay_anthropic(response, deployment, &body).await
+        } else {
+            relay(response)
+        };
     }
     last_failure.unwrap_or_else(|| {
         error(
