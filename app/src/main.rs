@@ -21,6 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
@@ -235,6 +236,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let grace = Duration::from_secs(config.engine.shutdown_grace_secs);
     let shutdown_state = state.clone();
+    // Small answers (a gateway relay, an SSE chunk) must leave at once, not wait on Nagle.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {error}");
+        }
+    });
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move {
             tokio::select! {

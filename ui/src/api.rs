@@ -1,7 +1,9 @@
 //! HTTP calls from the browser to the agentbox server, and the JSON shapes they carry.
 //!
-//! Everything goes through `window.fetch`; the chat completion is read as an
-//! OpenAI-style SSE stream from the response body so tokens render as they arrive.
+//! Everything goes through `window.fetch`, with the stored API key (`auth`) as
+//! `Authorization: Bearer KEY`; the chat completion is read as an OpenAI-style SSE stream
+//! from the response body so tokens render as they arrive. A refused key is reported to
+//! `auth`, which asks the user for one.
 
 use std::fmt;
 
@@ -12,17 +14,36 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortSignal, ReadableStreamDefaultReader, Request, RequestInit, Response};
 
+use crate::auth;
+
+/// The server's error code for a missing or wrong API key (with HTTP 401).
+const INVALID_API_KEY: &str = "invalid_api_key";
+
 /// A failed call, already reduced to a message fit for the error banner.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiError {
     pub message: String,
+    pub kind: ApiErrorKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiErrorKind {
+    /// The server wants a (different) API key: the key panel speaks for this one.
+    InvalidApiKey,
+    Other,
 }
 
 impl ApiError {
     fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            kind: ApiErrorKind::Other,
         }
+    }
+
+    /// Whether the key panel, rather than an error banner, should tell the user.
+    pub fn is_invalid_api_key(&self) -> bool {
+        self.kind == ApiErrorKind::InvalidApiKey
     }
 
     fn from_js(context: &str, value: &JsValue) -> Self {
@@ -113,6 +134,18 @@ pub enum StreamEnd {
     Finished(Option<String>),
     /// The user pressed Stop.
     Aborted,
+}
+
+/// Whether the server takes `key`: `GET /v1/models` with it. A refusal is returned, not
+/// reported to `auth` (the key panel asking shows it itself).
+pub async fn check_key(key: &str) -> Result<(), ApiError> {
+    let request = build_request("GET", "/v1/models", None, None)?;
+    request
+        .headers()
+        .set("Authorization", &format!("Bearer {key}"))
+        .map_err(|error| ApiError::from_js("building request", &error))?;
+    fetch(&request).await?;
+    Ok(())
 }
 
 pub async fn list_models() -> Result<Vec<ModelCard>, ApiError> {
@@ -273,6 +306,8 @@ struct ErrorEnvelope {
 #[derive(Deserialize)]
 struct ErrorBody {
     message: String,
+    #[serde(default)]
+    code: Option<String>,
 }
 
 fn to_json(value: &impl Serialize) -> Result<String, ApiError> {
@@ -300,17 +335,39 @@ fn build_request(
     }
     let request = Request::new_with_str_and_init(url, &init)
         .map_err(|error| ApiError::from_js("building request", &error))?;
+    let headers = request.headers();
     if json_body.is_some() {
-        request
-            .headers()
+        headers
             .set("Content-Type", "application/json")
+            .map_err(|error| ApiError::from_js("building request", &error))?;
+    }
+    if let Some(key) = auth::current_key() {
+        headers
+            .set("Authorization", &format!("Bearer {key}"))
             .map_err(|error| ApiError::from_js("building request", &error))?;
     }
     Ok(request)
 }
 
-/// Sends `request`; any non-2xx status becomes an [`ApiError`] carrying the server's message.
+/// Sends `request` as [`fetch`] does, and reports a refused API key to `auth`.
 async fn send(request: &Request) -> Result<Response, ApiError> {
+    let outcome = fetch(request).await;
+    if let Err(error) = &outcome
+        && error.is_invalid_api_key()
+    {
+        let sent_key = request
+            .headers()
+            .get("Authorization")
+            .ok()
+            .flatten()
+            .and_then(|value| value.strip_prefix("Bearer ").map(str::to_owned));
+        auth::key_rejected(sent_key.as_deref(), &error.message);
+    }
+    outcome
+}
+
+/// Sends `request`; any non-2xx status becomes an [`ApiError`] carrying the server's message.
+async fn fetch(request: &Request) -> Result<Response, ApiError> {
     let window = web_sys::window().ok_or_else(|| ApiError::new("no window"))?;
     let response: Response = JsFuture::from(window.fetch_with_request(request))
         .await
@@ -321,10 +378,21 @@ async fn send(request: &Request) -> Result<Response, ApiError> {
     }
     let status = response.status();
     let body = response_text(&response).await.unwrap_or_default();
-    let message = serde_json::from_str::<ErrorEnvelope>(&body)
-        .map(|envelope| envelope.error.message)
-        .unwrap_or_else(|_| format!("HTTP {status} {}", response.status_text()));
-    Err(ApiError::new(message))
+    let Ok(ErrorEnvelope { error }) = serde_json::from_str::<ErrorEnvelope>(&body) else {
+        return Err(ApiError::new(format!(
+            "HTTP {status} {}",
+            response.status_text()
+        )));
+    };
+    let kind = if status == 401 && error.code.as_deref() == Some(INVALID_API_KEY) {
+        ApiErrorKind::InvalidApiKey
+    } else {
+        ApiErrorKind::Other
+    };
+    Err(ApiError {
+        message: error.message,
+        kind,
+    })
 }
 
 async fn response_text(response: &Response) -> Result<String, ApiError> {

@@ -2,13 +2,16 @@
 //! engine's models with their KV cache and queues.
 //!
 //! While the page is shown it polls `/api/gpu` every two seconds, and in the 24 h view
-//! `/api/gpu/history` every minute; leaving the page clears the timer.
+//! `/api/gpu/history` every minute; leaving the page clears the timer. A refused API key
+//! is left to the key panel; a key accepted there polls at once.
 
 use std::time::Duration;
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
+use crate::api::ApiError;
+use crate::auth::KeyGate;
 use crate::gpu_api::{self, EngineModel, GpuHistory, GpuStatus};
 use crate::gpu_card::GpuCard;
 
@@ -74,7 +77,7 @@ impl GpuPageState {
                 }
                 Err(error) => self
                     .status_error
-                    .set(Some(format!("Could not read the GPU status: {error}"))),
+                    .set(banner_text("Could not read the GPU status", &error)),
             }
         });
     }
@@ -103,18 +106,32 @@ impl GpuPageState {
                     self.history.set(Some(history));
                     self.history_error.set(None);
                 }
-                Err(error) => self
-                    .history_error
-                    .set(Some(format!("Could not read the GPU history: {error}"))),
+                Err(error) => {
+                    if error.is_invalid_api_key() {
+                        // Ask again as soon as a key is accepted, not a minute later.
+                        let _ = self.history_requested_at.try_set_value(f64::NEG_INFINITY);
+                    }
+                    self.history_error
+                        .set(banner_text("Could not read the GPU history", &error));
+                }
             }
         });
     }
 }
 
+/// The banner for a failed read; none for a refused API key (the key panel shows it).
+fn banner_text(context: &str, error: &ApiError) -> Option<String> {
+    (!error.is_invalid_api_key()).then(|| format!("{context}: {error}"))
+}
+
 #[component]
-pub fn GpuPage() -> impl IntoView {
+pub fn GpuPage(gate: KeyGate) -> impl IntoView {
     let page = GpuPageState::new();
-    page.poll();
+    // Polls now, and again whenever the key panel accepts a key.
+    Effect::new(move |_| {
+        gate.epoch.track();
+        page.poll();
+    });
     match set_interval_with_handle(move || page.poll(), POLL_INTERVAL) {
         Ok(timer) => on_cleanup(move || timer.clear()),
         Err(_) => page.status_error.set(Some(

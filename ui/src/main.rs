@@ -1,15 +1,18 @@
 //! Entry point of the agentbox web UI: mounts the app shell (sidebar + the page the URL
-//! names: chat or GPUs) into `<body>`.
+//! names: chat or GPUs, and the API key panel over them when the server asks for a key)
+//! into `<body>`.
 //!
 //! Client-side rendered with leptos and compiled to wasm; `scripts/build-ui.sh`
 //! produces `ui/dist/`, which the server embeds and serves at `/`.
 
 mod api;
+mod auth;
 mod charts;
 mod chat;
 mod gpu_api;
 mod gpu_card;
 mod gpu_page;
+mod key_panel;
 mod markdown;
 mod route;
 mod sidebar;
@@ -17,8 +20,10 @@ mod state;
 
 use leptos::prelude::*;
 
+use crate::auth::KeyGate;
 use crate::chat::ChatPane;
 use crate::gpu_page::GpuPage;
+use crate::key_panel::KeyPanel;
 use crate::route::{Page, Route};
 use crate::sidebar::Sidebar;
 use crate::state::ChatState;
@@ -30,17 +35,28 @@ fn main() {
 
 #[component]
 fn App() -> impl IntoView {
+    let gate = KeyGate::install();
     // The chat's state outlives its pane, so a reply keeps streaming while the GPUs show.
     let state = ChatState::new();
     state.load_initial();
+    // A key just accepted: load again what the missing key kept out (the GPU page
+    // follows the same epoch itself).
+    Effect::new(move |previous_epoch: Option<u64>| {
+        let epoch = gate.epoch.get();
+        if previous_epoch.is_some_and(|previous| previous != epoch) {
+            state.reload();
+        }
+        epoch
+    });
     let route = Route::from_location();
     view! {
         <div class="app">
-            <Sidebar state route />
+            <Sidebar state route gate />
             {move || match route.page() {
                 Page::Chat => view! { <ChatPane state /> }.into_any(),
-                Page::Gpus => view! { <GpuPage /> }.into_any(),
+                Page::Gpus => view! { <GpuPage gate /> }.into_any(),
             }}
         </div>
+        <KeyPanel gate />
     }
 }

@@ -1,10 +1,12 @@
 //! The dark left sidebar: brand, page navigation (Chat and GPUs exist so far), the
-//! "New chat" button and the list of stored conversations (both open the chat page).
+//! "New chat" button, the list of stored conversations (both open the chat page), and
+//! "Forget API key" at the foot while a key is stored.
 
 use leptos::prelude::*;
 use web_sys::MouseEvent;
 
 use crate::api::Conversation;
+use crate::auth::KeyGate;
 use crate::route::{Page, Route};
 use crate::state::ChatState;
 
@@ -25,7 +27,7 @@ enum PageStatus {
 }
 
 #[component]
-pub fn Sidebar(state: ChatState, route: Route) -> impl IntoView {
+pub fn Sidebar(state: ChatState, route: Route, gate: KeyGate) -> impl IntoView {
     let has_conversations = move || {
         state
             .conversations
@@ -76,6 +78,18 @@ pub fn Sidebar(state: ChatState, route: Route) -> impl IntoView {
                     children=move |conversation| view! { <ConversationItem state route conversation /> }
                 />
             </ul>
+            <Show when=move || gate.key.with(Option::is_some)>
+                <div class="sidebar-footer">
+                    <button
+                        class="forget-key"
+                        data-testid="forget-api-key"
+                        title="Remove the API key stored in this browser"
+                        on:click=move |_| gate.forget()
+                    >
+                        "Forget API key"
+                    </button>
+                </div>
+            </Show>
         </aside>
     }
 }

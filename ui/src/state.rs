@@ -95,23 +95,50 @@ impl ChatState {
                     if chat_models.is_empty() {
                         self.show_error("The server has no chat model loaded.");
                     }
-                    if let Some(first) = chat_models.first() {
+                    let selected = self.selected_model.get_untracked();
+                    if let Some(first) = chat_models.first()
+                        && !chat_models.contains(&selected)
+                    {
                         self.selected_model.set(first.clone());
                     }
                     self.chat_models.set(chat_models);
                 }
-                Err(error) => self.show_error(format!("Could not load models: {error}")),
+                Err(error) => self.report_error("Could not load models", &error),
             }
         });
         self.refresh_conversations();
+    }
+
+    /// Loads everything again, and the open conversation's messages: after an API key
+    /// was accepted, what failed before it now succeeds.
+    pub fn reload(self) {
+        self.error.set(None);
+        self.load_initial();
+        if let Some(id) = self.current_id.get_untracked()
+            && !self.is_streaming_untracked()
+        {
+            self.load_messages(id);
+        }
     }
 
     pub fn is_streaming(&self) -> bool {
         self.streaming_reply.with(Option::is_some)
     }
 
+    fn is_streaming_untracked(&self) -> bool {
+        self.streaming_reply.with_untracked(Option::is_some)
+    }
+
     pub fn show_error(&self, message: impl Into<String>) {
         self.error.set(Some(message.into()));
+    }
+
+    /// Shows a failed load in the banner, except a refused API key: the key panel
+    /// tells that one, and the load is retried once a key is accepted.
+    fn report_error(&self, context: &str, error: &ApiError) {
+        if !error.is_invalid_api_key() {
+            self.show_error(format!("{context}: {error}"));
+        }
     }
 
     pub fn current_title(&self) -> Option<String> {
@@ -128,7 +155,7 @@ impl ChatState {
     /// Returns whether the message was accepted (not empty, nothing in flight).
     pub fn send(self, text: &str) -> bool {
         let text = text.trim().to_owned();
-        if text.is_empty() || self.streaming_reply.with_untracked(Option::is_some) {
+        if text.is_empty() || self.is_streaming_untracked() {
             return false;
         }
         let model = self.selected_model.get_untracked();
@@ -233,6 +260,11 @@ impl ChatState {
         }
         self.leave_pane();
         self.current_id.set(Some(id.clone()));
+        self.load_messages(id);
+    }
+
+    /// Replaces the pane's messages with the stored conversation `id`'s.
+    fn load_messages(self, id: String) {
         self.messages.set(Vec::new());
         let generation = self.pane_generation.get_value();
         spawn_local(async move {
@@ -260,7 +292,7 @@ impl ChatState {
                         .collect();
                     self.messages.set(messages);
                 }
-                Err(error) => self.show_error(format!("Could not open the conversation: {error}")),
+                Err(error) => self.report_error("Could not open the conversation", &error),
             }
         });
     }
@@ -281,7 +313,7 @@ impl ChatState {
         spawn_local(async move {
             match api::list_conversations().await {
                 Ok(conversations) => self.conversations.set(conversations),
-                Err(error) => self.show_error(format!("Could not load conversations: {error}")),
+                Err(error) => self.report_error("Could not load conversations", &error),
             }
         });
     }

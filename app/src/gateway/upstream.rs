@@ -101,14 +101,30 @@ fn build_request(
     Ok(request)
 }
 
-/// An OpenAI-compatible answer, passed through byte for byte.
-fn relay(response: reqwest::Response) -> Response {
+/// An OpenAI-compatible answer, passed through byte for byte: streams as they come, whole
+/// answers in one piece (with a length, so the client needs no chunked framing).
+async fn relay(response: reqwest::Response) -> Response {
     let content_type = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
         .unwrap_or(HeaderValue::from_static("application/json"));
-    let mut relayed = Response::new(Body::from_stream(response.bytes_stream()));
+    let streaming = content_type.as_bytes().starts_with(b"text/event-stream");
+    let body = if streaming {
+        Body::from_stream(response.bytes_stream())
+    } else {
+        match response.bytes().await {
+            Ok(bytes) => Body::from(bytes),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    "the upstream's answer was cut off".into(),
+                );
+            }
+        }
+    };
+    let mut relayed = Response::new(body);
     relayed
         .headers_mut()
         .insert(header::CONTENT_TYPE, content_type);
@@ -234,7 +250,7 @@ pub async fn forward(
         return if deployment.provider == "anthropic" {
             relay_anthropic(response, deployment, &body).await
         } else {
-            relay(response)
+            relay(response).await
         };
     }
     last_failure.unwrap_or_else(|| {
