@@ -164,9 +164,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     })
     .await
     .context("starting the GPU monitor")?;
+    let metrics = Arc::new(metrics::Metrics::new()?);
     let gateway = match &config.litellm {
         Some(litellm) => {
-            let (gateway, unsupported) = gateway::Gateway::new(litellm)?;
+            let (gateway, unsupported) = gateway::Gateway::new(litellm, metrics.registry())?;
             for warning in litellm.warnings.iter().chain(&unsupported) {
                 tracing::warn!("LiteLLM config: {warning}");
             }
@@ -182,7 +183,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let state = AppState {
         models: Arc::new(OnceLock::new()),
         store: store.clone(),
-        metrics: Arc::new(metrics::Metrics::new()?),
+        metrics,
         gpu: gpu.clone(),
         gateway,
         master_key: config.master_key.clone().map(Arc::from),

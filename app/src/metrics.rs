@@ -136,6 +136,11 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// The registry other parts (the gateway) add their series to.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Creates every series for a model up front, so dashboards see zeros, not gaps.
     pub fn register_model(&self, model: &str) {
         let labels = &[model];

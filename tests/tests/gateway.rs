@@ -199,6 +199,39 @@ async fn failures_are_retried_up_to_num_retries_and_never_leak_the_upstream_body
             .await
             .unwrap();
         assert_eq!(response.status().as_u16(), status);
+        let overhead: f64 = response.headers()["x-litellm-overhead-duration-ms"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((0.0..1000.0).contains(&overhead), "{overhead}");
+        // LiteLLM's series: the request, its failure if any, the deployment's state.
+        let metrics = client
+            .get(gw.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = format!(
+            "litellm_proxy_total_requests_metric{{requested_model=\"flaky\",status_code=\"{status}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{metrics}");
+        let state = if status == 200 { 0 } else { 2 };
+        assert!(
+            metrics.contains(&format!("litellm_deployment_state{{api_base=\"{url}\",api_provider=\"openai\",litellm_model_name=\"upstream-model\"}} {state}")),
+            "{metrics}"
+        );
+        assert_eq!(
+            metrics.contains("litellm_proxy_failed_requests_metric{exception_status=\"500\",requested_model=\"flaky\"} 1"),
+            status == 500,
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("litellm_overhead_latency_metric_count{model_group=\"flaky\"} 1"),
+            "{metrics}"
+        );
         let body: Value = response.json().await.unwrap();
         assert_eq!(hits.load(Ordering::SeqCst), hits_expected, "{body}");
         if status == 200 {

@@ -6,6 +6,7 @@
 mod anthropic_wire;
 pub mod auth;
 pub mod litellm;
+mod metrics;
 mod upstream;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ const SUPPORTED: &[&str] = &["openai", "hosted_vllm", "openai_compatible", "anth
 
 pub struct Gateway {
     groups: HashMap<String, Vec<Deployment>>,
+    metrics: metrics::GatewayMetrics,
     client: reqwest::Client,
     num_retries: u32,
     default_timeout: std::time::Duration,
@@ -34,7 +36,11 @@ pub struct Gateway {
 impl Gateway {
     /// The routable groups of `config`; deployments of providers not supported yet are
     /// left out, and each is reported in the returned warnings.
-    pub fn new(config: &LiteLlmConfig) -> anyhow::Result<(Self, Vec<String>)> {
+    pub fn new(
+        config: &LiteLlmConfig,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<(Self, Vec<String>)> {
+        let metrics = metrics::GatewayMetrics::new(registry)?;
         let mut warnings = Vec::new();
         let mut groups: HashMap<String, Vec<Deployment>> = HashMap::new();
         for deployment in &config.deployments {
@@ -45,6 +51,7 @@ impl Gateway {
                 ));
                 continue;
             }
+            metrics.register_deployment(deployment);
             groups
                 .entry(deployment.model_name.clone())
                 .or_default()
@@ -56,6 +63,7 @@ impl Gateway {
         Ok((
             Self {
                 groups,
+                metrics,
                 client,
                 num_retries: config.num_retries,
                 default_timeout: config

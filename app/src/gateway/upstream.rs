@@ -5,7 +5,7 @@
 //! `num_retries` times, but only before the client has received anything. Upstream errors
 //! reach the client in OpenAI's shape without the upstream's raw body or any key.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use rand::Rng;
 use serde_json::{Value, json};
 
+use super::metrics::DeploymentState;
 use super::{Deployment, Gateway, anthropic_wire};
 
 /// Picks a deployment with probability proportional to its weight (LiteLLM's
@@ -184,11 +185,33 @@ async fn relay_anthropic(
 /// The Messages API version agentbox speaks.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
-pub async fn forward(
+/// Forwards to the group, records the metrics and adds LiteLLM's overhead header: the
+/// time spent here, the upstream's excluded.
+pub async fn forward(gateway: &Gateway, group: &[Deployment], path: &str, body: Value) -> Response {
+    let started = Instant::now();
+    let mut upstream_time = Duration::ZERO;
+    let mut response = attempt(gateway, group, path, body, &mut upstream_time).await;
+    let overhead = started.elapsed().saturating_sub(upstream_time);
+    let model = group.first().map_or("", |d| d.model_name.as_str());
+    gateway
+        .metrics
+        .record(model, response.status().as_u16(), overhead);
+    if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
+        response
+            .headers_mut()
+            .insert("x-litellm-overhead-duration-ms", value);
+    }
+    response
+}
+
+/// Tries deployments of the group until one answers or the retries run out, adding the
+/// time spent waiting on upstreams to `upstream_time`.
+async fn attempt(
     gateway: &Gateway,
     group: &[Deployment],
     path: &str,
     mut body: Value,
+    upstream_time: &mut Duration,
 ) -> Response {
     let started = Instant::now();
     let mut last_failure: Option<Response> = None;
@@ -200,9 +223,15 @@ pub async fn forward(
             Ok(request) => request,
             Err(refusal) => return refusal,
         };
-        let response = match request.send().await {
+        let sent = Instant::now();
+        let result = request.send().await;
+        *upstream_time += sent.elapsed();
+        let response = match result {
             Ok(response) => response,
             Err(e) => {
+                gateway
+                    .metrics
+                    .set_state(deployment, DeploymentState::Outage);
                 let (status, what) = if e.is_timeout() {
                     (StatusCode::GATEWAY_TIMEOUT, "timed out")
                 } else {
@@ -236,6 +265,9 @@ pub async fn forward(
                 ),
             );
             if retryable(status) {
+                gateway
+                    .metrics
+                    .set_state(deployment, DeploymentState::Outage);
                 last_failure = Some(failure);
                 continue;
             }
@@ -247,11 +279,18 @@ pub async fn forward(
             "upstream answered in {:.1} ms",
             started.elapsed().as_secs_f64() * 1000.0
         );
-        return if deployment.provider == "anthropic" {
+        gateway
+            .metrics
+            .set_state(deployment, DeploymentState::Healthy);
+        let reading = Instant::now();
+        let relayed = if deployment.provider == "anthropic" {
             relay_anthropic(response, deployment, &body).await
         } else {
             relay(response).await
         };
+        // Whole answers are read here: waiting on their bytes is upstream time too.
+        *upstream_time += reading.elapsed();
+        return relayed;
     }
     last_failure.unwrap_or_else(|| {
         error(
