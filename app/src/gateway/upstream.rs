@@ -47,27 +47,23 @@ fn upstream_message(body: &[u8]) -> Option<String> {
     Some(message.chars().take(500).collect())
 }
 
-/// The upstream HTTP request for one attempt, in the deployment's wire format.
+/// The upstream HTTP request for one attempt, in the deployment's wire format; or why the
+/// request cannot go to this deployment (a 400 for the client).
 fn build_request(
     gateway: &Gateway,
     deployment: &Deployment,
     path: &str,
     body: &mut Value,
-) -> Result<reqwest::RequestBuilder, Response> {
+) -> Result<reqwest::RequestBuilder, String> {
     let timeout = deployment.timeout.unwrap_or(gateway.default_timeout);
     if deployment.provider == "anthropic" {
         if path != "/chat/completions" {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                format!(
-                    "model {:?} (Anthropic) serves chat completions only",
-                    deployment.model_name
-                ),
+            return Err(format!(
+                "model {:?} (Anthropic) serves chat completions only",
+                deployment.model_name
             ));
         }
-        let translated = anthropic_wire::to_anthropic_request(body, &deployment.upstream_model)
-            .map_err(|m| error(StatusCode::BAD_REQUEST, "invalid_request_error", m))?;
+        let translated = anthropic_wire::to_anthropic_request(body, &deployment.upstream_model)?;
         let base = deployment
             .api_base
             .as_deref()
@@ -221,7 +217,9 @@ async fn attempt(
         };
         let request = match build_request(gateway, deployment, path, &mut body) {
             Ok(request) => request,
-            Err(refusal) => return refusal,
+            Err(message) => {
+                return error(StatusCode::BAD_REQUEST, "invalid_request_error", message);
+            }
         };
         let sent = Instant::now();
         let result = request.send().await;
