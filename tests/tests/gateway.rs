@@ -35,6 +35,20 @@ async fn gateway(dir: &Path, litellm: &str, extra_yaml: &str) -> Server {
 /// A one-route HTTP upstream: answers the first `failures` requests with 500 and an HTML
 /// body, then a fixed chat completion; counts every request.
 async fn scripted_upstream(failures: usize) -> (String, Arc<AtomicUsize>) {
+    scripted_upstream_failing_with(
+        failures,
+        "500 Internal Server Error",
+        "<html>secret upstream stack trace</html>",
+    )
+    .await
+}
+
+/// As `scripted_upstream`, failing with this status line and body.
+async fn scripted_upstream_failing_with(
+    failures: usize,
+    failure_status: &'static str,
+    failure_body: &'static str,
+) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let hits = Arc::new(AtomicUsize::new(0));
@@ -73,10 +87,7 @@ async fn scripted_upstream(failures: usize) -> (String, Arc<AtomicUsize>) {
                     }
                 }
                 let (status, body) = if n < failures {
-                    (
-                        "500 Internal Server Error",
-                        "<html>secret upstream stack trace</html>".to_string(),
-                    )
+                    (failure_status, failure_body.to_string())
                 } else {
                     let reply = json!({"id": "x", "object": "chat.completion", "model": "upstream-model",
                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "from upstream"}, "finish_reason": "stop"}],
@@ -382,4 +393,96 @@ fn a_litellm_config_with_a_missing_master_key_variable_stops_start_up() {
         stderr.contains("AGENTBOX_TEST_UNSET_KEY is not set"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_failing_group_falls_back_and_a_too_long_prompt_goes_to_a_bigger_model() {
+    let (down, down_hits) = scripted_upstream(usize::MAX).await;
+    let (small, small_hits) = scripted_upstream_failing_with(
+        usize::MAX,
+        "400 Bad Request",
+        r#"{"error":{"message":"This model's maximum context length is 8 tokens","code":"context_length_exceeded"}}"#,
+    )
+    .await;
+    let (backup, backup_hits) = scripted_upstream(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let litellm = format!(
+        "model_list:
+  - model_name: down
+    litellm_params: {{model: openai/m, api_base: {down}}}
+  - model_name: small
+    litellm_params: {{model: openai/m, api_base: {small}}}
+  - model_name: backup
+    litellm_params: {{model: openai/m, api_base: {backup}}}
+router_settings:
+  num_retries: 1
+  allowed_fails: 100
+  fallbacks: [{{down: [backup]}}]
+  context_window_fallbacks: [{{small: [backup]}}]
+"
+    );
+    let gw = gateway(dir.path(), &litellm, "").await;
+    let client = reqwest::Client::new();
+    for (model, hits, expected_hits) in [("down", &down_hits, 2), ("small", &small_hits, 1)] {
+        let response = client
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat(model))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{model}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["choices"][0]["message"]["content"], "from upstream");
+        assert_eq!(hits.load(Ordering::SeqCst), expected_hits, "{model}");
+    }
+    assert_eq!(backup_hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_deployment_that_keeps_failing_cools_down() {
+    let (bad, bad_hits) = scripted_upstream(usize::MAX).await;
+    let (good, good_hits) = scripted_upstream(0).await;
+    let (lonely, lonely_hits) = scripted_upstream(usize::MAX).await;
+    let dir = tempfile::tempdir().unwrap();
+    let litellm = format!(
+        "model_list:
+  - model_name: pair
+    litellm_params: {{model: openai/m, api_base: {bad}}}
+  - model_name: pair
+    litellm_params: {{model: openai/m, api_base: {good}}}
+  - model_name: solo
+    litellm_params: {{model: openai/m, api_base: {lonely}}}
+router_settings: {{num_retries: 0, allowed_fails: 1, cooldown_time: 60}}
+"
+    );
+    let gw = gateway(dir.path(), &litellm, "").await;
+    let client = reqwest::Client::new();
+    let call = |model: &'static str| {
+        let request = client
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat(model));
+        async move { request.send().await.unwrap() }
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(call("pair").await.status().as_u16());
+    }
+    // Two failures (more than allowed_fails = 1) put the bad deployment to rest: without
+    // the cooldown it would take about half of the 20 calls.
+    let bad_seen = bad_hits.load(Ordering::SeqCst);
+    assert!(bad_seen <= 2, "{bad_seen} hits on the failing deployment");
+    assert_eq!(good_hits.load(Ordering::SeqCst), 20 - bad_seen);
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    assert_eq!(failed, bad_seen, "{statuses:?}");
+
+    // A group whose only deployment rests answers 429 with Retry-After, without calling it.
+    assert_eq!(call("solo").await.status(), 500);
+    assert_eq!(call("solo").await.status(), 500);
+    let response = call("solo").await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cooling down"), "{body}");
+    assert_eq!(lonely_hits.load(Ordering::SeqCst), 2);
 }

@@ -12,6 +12,8 @@ use serde_yaml::{Mapping, Value};
 /// One upstream deployment of a `model_name` group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deployment {
+    /// Its position in `model_list`: identifies it for cooldowns.
+    pub id: usize,
     pub model_name: String,
     /// `openai`, `hosted_vllm`, `anthropic`, ... (the part of `model` before the `/`).
     pub provider: String,
@@ -29,6 +31,14 @@ pub struct LiteLlmConfig {
     pub master_key: Option<String>,
     pub num_retries: u32,
     pub timeout: Option<Duration>,
+    /// `router_settings.fallbacks`: groups tried, in order, when a group fails.
+    pub fallbacks: Vec<(String, Vec<String>)>,
+    /// `router_settings.context_window_fallbacks`: groups tried when the prompt is too long.
+    pub context_window_fallbacks: Vec<(String, Vec<String>)>,
+    /// A deployment failing more than `allowed_fails` times in a minute rests for
+    /// `cooldown` (LiteLLM's defaults: 3 and 5 s).
+    pub allowed_fails: u32,
+    pub cooldown: Duration,
     /// Things the file asks for that agentbox ignores, one line each.
     pub warnings: Vec<String>,
 }
@@ -67,6 +77,30 @@ fn seconds(value: Option<&Value>) -> Option<Duration> {
     (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
 }
 
+/// `[{model: [fallback, ...]}, ...]`, LiteLLM's shape for fallbacks.
+fn fallback_list(field: &str, value: &Value) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let Value::Sequence(items) = value else {
+        bail!("router_settings.{field} must be a list of {{model: [fallbacks]}}");
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Value::Mapping(map) = item else {
+            bail!("router_settings.{field}: each entry must be {{model: [fallbacks]}}");
+        };
+        for (model, targets) in map {
+            let (Some(model), Value::Sequence(targets)) = (model.as_str(), targets) else {
+                bail!("router_settings.{field}: each entry must be {{model: [fallbacks]}}");
+            };
+            let targets = targets
+                .iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect();
+            out.push((model.to_string(), targets));
+        }
+    }
+    Ok(out)
+}
+
 impl LiteLlmConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -82,6 +116,8 @@ impl LiteLlmConfig {
         };
         let mut config = LiteLlmConfig {
             num_retries: 2,
+            allowed_fails: 3,
+            cooldown: Duration::from_secs(5),
             ..LiteLlmConfig::default()
         };
         for key in root.keys().filter_map(Value::as_str) {
@@ -107,6 +143,18 @@ impl LiteLlmConfig {
                         config.num_retries = value.as_u64().map_or(config.num_retries, |n| n.min(10) as u32)
                     }
                     "timeout" => config.timeout = seconds(Some(value)),
+                    "fallbacks" => config.fallbacks = fallback_list("fallbacks", value)?,
+                    "context_window_fallbacks" => {
+                        config.context_window_fallbacks =
+                            fallback_list("context_window_fallbacks", value)?
+                    }
+                    "allowed_fails" => {
+                        config.allowed_fails = value.as_u64().map_or(config.allowed_fails, |n| n.min(1000) as u32)
+                    }
+                    "cooldown_time" => {
+                        config.cooldown = seconds(Some(value)).unwrap_or(config.cooldown)
+                    }
+                    "enable_fallbacks" if value.as_bool() == Some(true) => {}
                     "routing_strategy" if value.as_str() == Some("simple-shuffle") => {}
                     _ => config.warnings.push(format!(
                         "router_settings.{key} is not supported yet and is ignored (routing is simple-shuffle, weighted)"
@@ -193,6 +241,7 @@ impl LiteLlmConfig {
             .filter(|w| *w > 0.0 && w.is_finite())
             .unwrap_or(1.0);
         self.deployments.push(Deployment {
+            id: i,
             model_name,
             provider,
             upstream_model,
@@ -268,10 +317,7 @@ general_settings: {master_key: os.environ/LITELLM_MASTER_KEY}
             warnings.contains("router_settings.routing_strategy"),
             "{warnings}"
         );
-        assert!(
-            warnings.contains("router_settings.enable_fallbacks"),
-            "{warnings}"
-        );
+        assert!(!warnings.contains("enable_fallbacks"), "{warnings}");
     }
 
     #[test]
@@ -318,5 +364,34 @@ general_settings: {master_key: os.environ/LITELLM_MASTER_KEY}
         assert_eq!(d.api_base.as_deref(), Some("http://h/v1"));
         assert_eq!(config.num_retries, 4);
         assert_eq!(config.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(
+            (config.allowed_fails, config.cooldown),
+            (3, Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn fallbacks_and_cooldowns_are_read() {
+        let config = LiteLlmConfig::parse(
+            "model_list: []\nrouter_settings:\n  fallbacks: [{gpt-4: [claude-3, llama]}]\n  context_window_fallbacks: [{small: [big]}]\n  allowed_fails: 1\n  cooldown_time: 30\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            config.fallbacks,
+            [(
+                "gpt-4".to_string(),
+                vec!["claude-3".to_string(), "llama".to_string()]
+            )]
+        );
+        assert_eq!(
+            config.context_window_fallbacks,
+            [("small".to_string(), vec!["big".to_string()])]
+        );
+        assert_eq!(
+            (config.allowed_fails, config.cooldown),
+            (1, Duration::from_secs(30))
+        );
+        assert!(LiteLlmConfig::parse("router_settings: {fallbacks: oops}\n", &env).is_err());
     }
 }

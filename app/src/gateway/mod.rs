@@ -1,7 +1,8 @@
 //! The gateway: OpenAI-API calls whose `model` names a group of the LiteLLM config's
 //! `model_list` go to one of that group's upstream deployments (weighted shuffle, retries
-//! on failures that happen before any byte reaches the client); other names stay with the
-//! local engine. Also the master key that guards `/v1`.
+//! on failures that happen before any byte reaches the client, cooldowns after repeated
+//! failures, fallbacks to other groups); other names stay with the local engine. Also the
+//! master key that guards `/v1`.
 
 mod anthropic_wire;
 pub mod auth;
@@ -10,6 +11,7 @@ mod metrics;
 mod upstream;
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -27,6 +29,12 @@ const SUPPORTED: &[&str] = &["openai", "hosted_vllm", "openai_compatible", "anth
 
 pub struct Gateway {
     groups: HashMap<String, Vec<Deployment>>,
+    fallbacks: HashMap<String, Vec<String>>,
+    context_window_fallbacks: HashMap<String, Vec<String>>,
+    /// Recent failures and cooldowns, by deployment id.
+    health: parking_lot::Mutex<HashMap<usize, Health>>,
+    allowed_fails: u32,
+    cooldown: Duration,
     metrics: metrics::GatewayMetrics,
     client: reqwest::Client,
     num_retries: u32,
@@ -63,6 +71,11 @@ impl Gateway {
         Ok((
             Self {
                 groups,
+                fallbacks: config.fallbacks.iter().cloned().collect(),
+                context_window_fallbacks: config.context_window_fallbacks.iter().cloned().collect(),
+                health: parking_lot::Mutex::new(HashMap::new()),
+                allowed_fails: config.allowed_fails,
+                cooldown: config.cooldown,
                 metrics,
                 client,
                 num_retries: config.num_retries,
@@ -79,10 +92,52 @@ impl Gateway {
         self.groups.keys().map(String::as_str)
     }
 
+    /// A deployment's failure counted: past `allowed_fails` in a minute, it cools down.
+    fn record_failure(&self, deployment: &Deployment) {
+        let now = Instant::now();
+        let mut health = self.health.lock();
+        let entry = health.entry(deployment.id).or_default();
+        if entry
+            .window_start
+            .is_none_or(|start| now - start > FAILURE_WINDOW)
+        {
+            entry.window_start = Some(now);
+            entry.fails = 0;
+        }
+        entry.fails += 1;
+        if entry.fails > self.allowed_fails {
+            entry.cooling_until = Some(now + self.cooldown);
+            entry.fails = 0;
+            entry.window_start = None;
+            tracing::warn!(
+                model = %deployment.model_name,
+                deployment = deployment.id,
+                "deployment cooling down for {:?} after repeated failures",
+                self.cooldown
+            );
+        }
+    }
+
+    /// How long until the deployment may be used again; `None` if it may be now.
+    fn cooling(&self, deployment: &Deployment) -> Option<Duration> {
+        let until = self.health.lock().get(&deployment.id)?.cooling_until?;
+        until.checked_duration_since(Instant::now())
+    }
+
     /// The deployments behind a gateway model name.
     pub fn group(&self, model: &str) -> Option<&[Deployment]> {
         self.groups.get(model).map(Vec::as_slice)
     }
+}
+
+/// Failures are counted over this window for `allowed_fails`.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Health {
+    window_start: Option<Instant>,
+    fails: u32,
+    cooling_until: Option<Instant>,
 }
 
 /// The largest body the gateway buffers to read its `model` (as the server's own limit).

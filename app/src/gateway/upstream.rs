@@ -18,7 +18,7 @@ use super::{Deployment, Gateway, anthropic_wire};
 
 /// Picks a deployment with probability proportional to its weight (LiteLLM's
 /// `simple-shuffle`).
-fn pick(group: &[Deployment]) -> Option<&Deployment> {
+fn pick<'a>(group: &[&'a Deployment]) -> Option<&'a Deployment> {
     let total: f64 = group.iter().map(|d| d.weight).sum();
     let mut at = rand::rng().random_range(0.0..total.max(f64::MIN_POSITIVE));
     for deployment in group {
@@ -27,7 +27,30 @@ fn pick(group: &[Deployment]) -> Option<&Deployment> {
         }
         at -= deployment.weight;
     }
-    group.last()
+    group.last().copied()
+}
+
+/// How an attempt on a group ended, for the fallbacks.
+#[derive(PartialEq)]
+enum Outcome {
+    Answered,
+    /// The prompt does not fit the upstream's context window.
+    ContextWindow,
+    Failed,
+}
+
+/// Whether an upstream error body says the prompt is too long (OpenAI's code, or the
+/// wording of Anthropic's and vLLM's messages).
+fn context_window_error(body: &[u8]) -> bool {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let error = &value["error"];
+    let message = error["message"].as_str().unwrap_or("").to_ascii_lowercase();
+    error["code"] == "context_length_exceeded"
+        || message.contains("context length")
+        || message.contains("context window")
+        || message.contains("prompt is too long")
 }
 
 fn retryable(status: StatusCode) -> bool {
@@ -186,9 +209,27 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 pub async fn forward(gateway: &Gateway, group: &[Deployment], path: &str, body: Value) -> Response {
     let started = Instant::now();
     let mut upstream_time = Duration::ZERO;
-    let mut response = attempt(gateway, group, path, body, &mut upstream_time).await;
-    let overhead = started.elapsed().saturating_sub(upstream_time);
     let model = group.first().map_or("", |d| d.model_name.as_str());
+    let (mut response, outcome) =
+        attempt(gateway, group, path, body.clone(), &mut upstream_time).await;
+    let fallbacks = match outcome {
+        Outcome::Answered => None,
+        Outcome::ContextWindow => gateway.context_window_fallbacks.get(model),
+        Outcome::Failed => gateway.fallbacks.get(model),
+    };
+    for name in fallbacks.into_iter().flatten() {
+        let Some(fallback) = gateway.group(name) else {
+            continue;
+        };
+        tracing::info!(model, fallback = %name, "falling back");
+        let (answer, outcome) =
+            attempt(gateway, fallback, path, body.clone(), &mut upstream_time).await;
+        response = answer;
+        if outcome == Outcome::Answered {
+            break;
+        }
+    }
+    let overhead = started.elapsed().saturating_sub(upstream_time);
     gateway
         .metrics
         .record(model, response.status().as_u16(), overhead);
@@ -208,17 +249,35 @@ async fn attempt(
     path: &str,
     mut body: Value,
     upstream_time: &mut Duration,
-) -> Response {
+) -> (Response, Outcome) {
     let started = Instant::now();
     let mut last_failure: Option<Response> = None;
     for attempt in 0..=gateway.num_retries {
-        let Some(deployment) = pick(group) else {
-            break;
+        let ready: Vec<&Deployment> = group
+            .iter()
+            .filter(|d| gateway.cooling(d).is_none())
+            .collect();
+        let Some(deployment) = pick(&ready) else {
+            let wait = group.iter().filter_map(|d| gateway.cooling(d)).min();
+            let mut refusal = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
+                    "every deployment of model {:?} is cooling down after repeated failures",
+                    group.first().map_or("", |d| d.model_name.as_str())
+                ),
+            );
+            let secs = wait.map_or(1, |w| w.as_secs().max(1));
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                refusal.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return (last_failure.unwrap_or(refusal), Outcome::Failed);
         };
         let request = match build_request(gateway, deployment, path, &mut body) {
             Ok(request) => request,
             Err(message) => {
-                return error(StatusCode::BAD_REQUEST, "invalid_request_error", message);
+                let refusal = error(StatusCode::BAD_REQUEST, "invalid_request_error", message);
+                return (refusal, Outcome::Failed);
             }
         };
         let sent = Instant::now();
@@ -227,6 +286,7 @@ async fn attempt(
         let response = match result {
             Ok(response) => response,
             Err(e) => {
+                gateway.record_failure(deployment);
                 gateway
                     .metrics
                     .set_state(deployment, DeploymentState::Outage);
@@ -263,13 +323,19 @@ async fn attempt(
                 ),
             );
             if retryable(status) {
+                gateway.record_failure(deployment);
                 gateway
                     .metrics
                     .set_state(deployment, DeploymentState::Outage);
                 last_failure = Some(failure);
                 continue;
             }
-            return failure;
+            let outcome = if context_window_error(&bytes) {
+                Outcome::ContextWindow
+            } else {
+                Outcome::Failed
+            };
+            return (failure, outcome);
         }
         tracing::debug!(
             model = %deployment.model_name,
@@ -288,15 +354,16 @@ async fn attempt(
         };
         // Whole answers are read here: waiting on their bytes is upstream time too.
         *upstream_time += reading.elapsed();
-        return relayed;
+        return (relayed, Outcome::Answered);
     }
-    last_failure.unwrap_or_else(|| {
+    let failure = last_failure.unwrap_or_else(|| {
         error(
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream_error",
             "no deployment is available for this model".into(),
         )
-    })
+    });
+    (failure, Outcome::Failed)
 }
 
 #[cfg(test)]
@@ -307,6 +374,7 @@ mod tests {
 
     fn deployment(name: &str, weight: f64) -> Deployment {
         Deployment {
+            id: 0,
             model_name: "m".into(),
             provider: "openai".into(),
             upstream_model: name.into(),
@@ -319,12 +387,24 @@ mod tests {
 
     #[test]
     fn picks_follow_the_weights() {
-        let group = [deployment("a", 1.0), deployment("b", 3.0)];
-        let b = (0..4000)
+        let (a, b) = (deployment("a", 1.0), deployment("b", 3.0));
+        let group = [&a, &b];
+        let picked_b = (0..4000)
             .filter(|_| pick(&group).unwrap().upstream_model == "b")
             .count();
-        assert!((2700..3300).contains(&b), "{b} of 4000");
+        assert!((2700..3300).contains(&picked_b), "{picked_b} of 4000");
         assert!(pick(&[]).is_none());
+    }
+
+    #[test]
+    fn context_window_errors_are_recognised() {
+        assert!(context_window_error(
+            br#"{"error":{"message":"x","code":"context_length_exceeded"}}"#
+        ));
+        assert!(context_window_error(
+            br#"{"type":"error","error":{"message":"prompt is too long: 300000 tokens"}}"#
+        ));
+        assert!(!context_window_error(br#"{"error":{"message":"bad key"}}"#));
     }
 
     #[test]
