@@ -486,3 +486,50 @@ router_settings: {{num_retries: 0, allowed_fails: 1, cooldown_time: 60}}
     assert!(message.contains("cooling down"), "{body}");
     assert_eq!(lonely_hits.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn identical_requests_are_answered_from_the_cache_unless_told_not_to() {
+    let (url, hits) = scripted_upstream(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let litellm = format!(
+        "model_list:\n  - model_name: cached\n    litellm_params: {{model: openai/m, api_base: {url}}}\nlitellm_settings: {{cache: true}}\n"
+    );
+    let gw = gateway(dir.path(), &litellm, "").await;
+    let client = reqwest::Client::new();
+    let send = |body: Value| {
+        let request = client.post(gw.url("/v1/chat/completions")).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let key = response.headers()["x-litellm-cache-key"]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["choices"][0]["message"]["content"], "from upstream");
+            key
+        }
+    };
+    let first = send(chat("cached")).await;
+    let second = send(chat("cached")).await;
+    assert_eq!(first, second);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the second answer came from the cache"
+    );
+    // Another question is another key.
+    let mut other = chat("cached");
+    other["messages"][0]["content"] = json!("Name a fruit.");
+    assert_ne!(send(other).await, first);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // `no-cache` goes upstream; `s-maxage: 0` refuses any stored answer.
+    let mut fresh = chat("cached");
+    fresh["cache"] = json!({"no-cache": true});
+    send(fresh).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    let mut strict = chat("cached");
+    strict["cache"] = json!({"s-maxage": 0});
+    send(strict).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
+}

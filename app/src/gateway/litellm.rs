@@ -39,6 +39,8 @@ pub struct LiteLlmConfig {
     /// `cooldown` (LiteLLM's defaults: 3 and 5 s).
     pub allowed_fails: u32,
     pub cooldown: Duration,
+    /// `litellm_settings.cache`: keep whole answers for this long (in memory).
+    pub cache_ttl: Option<Duration>,
     /// Things the file asks for that agentbox ignores, one line each.
     pub warnings: Vec<String>,
 }
@@ -183,13 +185,41 @@ impl LiteLlmConfig {
             }
         }
         if let Some(Value::Mapping(settings)) = root.get("litellm_settings") {
-            for key in settings.keys().filter_map(Value::as_str) {
-                config.warnings.push(format!(
-                    "litellm_settings.{key} is not supported yet and is ignored"
-                ));
-            }
+            config.read_litellm_settings(settings);
         }
         Ok(config)
+    }
+
+    fn read_litellm_settings(&mut self, settings: &Mapping) {
+        let mut ttl = Duration::from_secs(600);
+        if let Some(Value::Mapping(params)) = settings.get("cache_params") {
+            for (key, value) in params {
+                match (key.as_str(), value) {
+                    (Some("type"), Value::String(kind)) if kind == "local" => {}
+                    (Some("type"), other) => self.warnings.push(format!(
+                        "litellm_settings.cache_params.type {other:?} is not supported yet; the cache stays in memory"
+                    )),
+                    (Some("ttl"), value) => ttl = seconds(Some(value)).unwrap_or(ttl),
+                    (key, _) => self.warnings.push(format!(
+                        "litellm_settings.cache_params.{} is not supported yet and is ignored",
+                        key.unwrap_or("?")
+                    )),
+                }
+            }
+        }
+        for key in settings.keys().filter_map(Value::as_str) {
+            match key {
+                "cache" => {
+                    if settings.get("cache").and_then(Value::as_bool) == Some(true) {
+                        self.cache_ttl = Some(ttl);
+                    }
+                }
+                "cache_params" => {}
+                _ => self.warnings.push(format!(
+                    "litellm_settings.{key} is not supported yet and is ignored"
+                )),
+            }
+        }
     }
 
     fn read_deployment(
@@ -332,13 +362,18 @@ general_settings: {master_key: os.environ/LITELLM_MASTER_KEY}
     #[test]
     fn unknown_keys_warn_and_bad_shapes_fail_naming_the_place() {
         let config = LiteLlmConfig::parse(
-            "model_list: []\nsurprise: 1\nlitellm_settings: {cache: true}\n",
+            "model_list: []\nsurprise: 1\nlitellm_settings: {cache: true, drop_params: true, cache_params: {type: redis, ttl: 30}}\n",
             &env,
         )
         .unwrap();
         let warnings = config.warnings.join("\n");
         assert!(warnings.contains("`surprise`"), "{warnings}");
-        assert!(warnings.contains("litellm_settings.cache"), "{warnings}");
+        assert!(
+            warnings.contains("litellm_settings.drop_params"),
+            "{warnings}"
+        );
+        assert!(warnings.contains("cache_params.type"), "{warnings}");
+        assert_eq!(config.cache_ttl, Some(Duration::from_secs(30)));
         let err = LiteLlmConfig::parse("model_list:\n  - model_name: x\n", &env).unwrap_err();
         assert!(
             format!("{err:#}").contains("model_list[0].litellm_params"),

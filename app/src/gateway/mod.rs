@@ -6,6 +6,7 @@
 
 mod anthropic_wire;
 pub mod auth;
+mod cache;
 pub mod litellm;
 mod metrics;
 mod upstream;
@@ -35,6 +36,7 @@ pub struct Gateway {
     health: parking_lot::Mutex<HashMap<usize, Health>>,
     allowed_fails: u32,
     cooldown: Duration,
+    cache: Option<cache::ResponseCache>,
     metrics: metrics::GatewayMetrics,
     client: reqwest::Client,
     num_retries: u32,
@@ -76,6 +78,7 @@ impl Gateway {
                 health: parking_lot::Mutex::new(HashMap::new()),
                 allowed_fails: config.allowed_fails,
                 cooldown: config.cooldown,
+                cache: config.cache_ttl.map(cache::ResponseCache::new),
                 metrics,
                 client,
                 num_retries: config.num_retries,

@@ -14,7 +14,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use super::metrics::DeploymentState;
-use super::{Deployment, Gateway, anthropic_wire};
+use super::{Deployment, Gateway, anthropic_wire, cache};
 
 /// Picks a deployment with probability proportional to its weight (LiteLLM's
 /// `simple-shuffle`).
@@ -204,14 +204,92 @@ async fn relay_anthropic(
 /// The Messages API version agentbox speaks.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
-/// Forwards to the group, records the metrics and adds LiteLLM's overhead header: the
-/// time spent here, the upstream's excluded.
-pub async fn forward(gateway: &Gateway, group: &[Deployment], path: &str, body: Value) -> Response {
+/// Forwards to the group (or answers from the cache), records the metrics and adds
+/// LiteLLM's overhead header: the time spent here, the upstream's excluded.
+pub async fn forward(
+    gateway: &Gateway,
+    group: &[Deployment],
+    path: &str,
+    mut body: Value,
+) -> Response {
     let started = Instant::now();
     let mut upstream_time = Duration::ZERO;
     let model = group.first().map_or("", |d| d.model_name.as_str());
-    let (mut response, outcome) =
-        attempt(gateway, group, path, body.clone(), &mut upstream_time).await;
+    let controls = cache::Controls::take(&mut body);
+    let streaming = body.get("stream").and_then(Value::as_bool) == Some(true);
+    let cache = gateway.cache.as_ref().filter(|_| !streaming);
+    let key = cache::key(path, &body);
+    let cached = cache
+        .filter(|_| !controls.no_cache)
+        .and_then(|c| c.get(key, controls.max_age));
+    let mut response = match cached {
+        Some(entry) => {
+            let mut hit = Response::new(Body::from(entry.body));
+            if let Ok(value) = HeaderValue::from_str(&entry.content_type) {
+                hit.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            hit
+        }
+        None => {
+            let answer = answer(gateway, group, path, body, &mut upstream_time).await;
+            match cache.filter(|_| !controls.no_store && answer.status().is_success()) {
+                Some(cache) => store(cache, key, answer, controls.ttl).await,
+                None => answer,
+            }
+        }
+    };
+    if cache.is_some()
+        && let Ok(value) = HeaderValue::from_str(&format!("{key:016x}"))
+    {
+        response.headers_mut().insert("x-litellm-cache-key", value);
+    }
+    let overhead = started.elapsed().saturating_sub(upstream_time);
+    gateway
+        .metrics
+        .record(model, response.status().as_u16(), overhead);
+    if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
+        response
+            .headers_mut()
+            .insert("x-litellm-overhead-duration-ms", value);
+    }
+    response
+}
+
+/// Keeps a whole answer in the cache and hands it on.
+async fn store(
+    cache: &cache::ResponseCache,
+    key: u64,
+    answer: Response,
+    ttl: Option<Duration>,
+) -> Response {
+    let (parts, body) = answer.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            "the upstream's answer was cut off".into(),
+        );
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    cache.put(key, bytes.clone(), content_type, ttl);
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// The group's answer, trying the configured fallback groups when it fails.
+async fn answer(
+    gateway: &Gateway,
+    group: &[Deployment],
+    path: &str,
+    body: Value,
+    upstream_time: &mut Duration,
+) -> Response {
+    let model = group.first().map_or("", |d| d.model_name.as_str());
+    let (mut response, outcome) = attempt(gateway, group, path, body.clone(), upstream_time).await;
     let fallbacks = match outcome {
         Outcome::Answered => None,
         Outcome::ContextWindow => gateway.context_window_fallbacks.get(model),
@@ -222,21 +300,11 @@ pub async fn forward(gateway: &Gateway, group: &[Deployment], path: &str, body: 
             continue;
         };
         tracing::info!(model, fallback = %name, "falling back");
-        let (answer, outcome) =
-            attempt(gateway, fallback, path, body.clone(), &mut upstream_time).await;
+        let (answer, outcome) = attempt(gateway, fallback, path, body.clone(), upstream_time).await;
         response = answer;
         if outcome == Outcome::Answered {
             break;
         }
-    }
-    let overhead = started.elapsed().saturating_sub(upstream_time);
-    gateway
-        .metrics
-        .record(model, response.status().as_u16(), overhead);
-    if let Ok(value) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
-        response
-            .headers_mut()
-            .insert("x-litellm-overhead-duration-ms", value);
     }
     response
 }
