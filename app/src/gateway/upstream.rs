@@ -218,7 +218,8 @@ pub async fn forward(
     let controls = cache::Controls::take(&mut body);
     let streaming = body.get("stream").and_then(Value::as_bool) == Some(true);
     let cache = gateway.cache.as_ref().filter(|_| !streaming);
-    let key = cache::key(path, &body);
+    // Hashing the body costs a serialisation: only when a cache is on.
+    let key = cache.map_or(0, |_| cache::key(path, &body));
     let cached = cache
         .filter(|_| !controls.no_cache)
         .and_then(|c| c.get(key, controls.max_age));
