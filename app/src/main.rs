@@ -11,6 +11,7 @@ mod gpu;
 mod metrics;
 mod models;
 mod openai;
+mod sse;
 mod state;
 mod store;
 mod ui_assets;

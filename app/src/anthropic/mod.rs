@@ -94,19 +94,13 @@ async fn translate(answer: Response, model: &str) -> Response {
     let mut translator = stream::Translator::new(model);
     let mut upstream = answer.into_body().into_data_stream();
     let events = async_stream::stream! {
-        let mut pending: Vec<u8> = Vec::new();
+        let mut sse = crate::sse::SseData::default();
         while let Some(chunk) = upstream.next().await {
             let Ok(chunk) = chunk else { break };
-            pending.extend_from_slice(&chunk);
-            // SSE lines end in '\n', so each complete line is whole UTF-8.
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line);
-                if let Some(payload) = line.trim_end().strip_prefix("data:") {
-                    let events = translator.push(payload.trim_start());
-                    if !events.is_empty() {
-                        yield Ok::<Bytes, std::convert::Infallible>(Bytes::from(events));
-                    }
+            for payload in sse.push(&chunk) {
+                let events = translator.push(&payload);
+                if !events.is_empty() {
+                    yield Ok::<Bytes, std::convert::Infallible>(Bytes::from(events));
                 }
             }
         }

@@ -174,17 +174,12 @@ async fn relay_anthropic(
     let mut translator = anthropic_wire::StreamTranslator::new(&model, include_usage);
     let mut upstream = response.bytes_stream();
     let chunks = async_stream::stream! {
-        let mut pending: Vec<u8> = Vec::new();
+        let mut sse = crate::sse::SseData::default();
         while let Some(Ok(bytes)) = futures::StreamExt::next(&mut upstream).await {
-            pending.extend_from_slice(&bytes);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line);
-                if let Some(payload) = line.trim_end().strip_prefix("data:") {
-                    let out = translator.push(payload.trim_start());
-                    if !out.is_empty() {
-                        yield Ok::<axum::body::Bytes, std::convert::Infallible>(out.into());
-                    }
+            for payload in sse.push(&bytes) {
+                let out = translator.push(&payload);
+                if !out.is_empty() {
+                    yield Ok::<axum::body::Bytes, std::convert::Infallible>(out.into());
                 }
             }
         }

@@ -6,14 +6,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::model::config::{LlamaConfig, RopeStyle};
 use crate::model::kv_cache::{BlockTable, KvPool};
-use crate::model::weights::{Embedding, Linear, dense_f32};
+use crate::model::weights::{Embedding, Linear, dense_f32, map_safetensors_dir};
 
 struct Layer {
     attn_norm: Tensor,
@@ -100,21 +99,7 @@ impl LlamaModel {
     /// A Hugging Face checkpoint directory: `config.json` and `*.safetensors`.
     pub fn from_safetensors_dir(dir: &Path) -> Result<Self> {
         let config = LlamaConfig::from_hf_config(&dir.join("config.json"))?;
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|source| EngineError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|ext| ext == "safetensors"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(EngineError::bad_model(dir, "no *.safetensors files"));
-        }
-        // SAFETY: read-only mappings of files we do not modify.
-        let st = unsafe { MmapedSafetensors::multi(&files) }
-            .map_err(|e| EngineError::bad_model(dir, format!("safetensors: {e}")))?;
+        let st = map_safetensors_dir(dir)?;
         let has = |name: &str| st.get(name).is_ok();
         let load = |name: &str| -> Result<Tensor> {
             st.load(name, &Device::Cpu)

@@ -5,4 +5,4 @@ pub mod bert;
 pub mod config;
 pub mod kv_cache;
 pub mod llama;
-mod weights;
+pub(crate) mod weights;

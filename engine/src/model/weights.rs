@@ -57,3 +57,24 @@ impl Embedding {
 pub(crate) fn dense_f32(tensor: &QTensor) -> Result<Tensor> {
     Ok(tensor.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?)
 }
+
+/// Maps every `*.safetensors` file of a Hugging Face checkpoint directory, in name order.
+pub(crate) fn map_safetensors_dir(
+    dir: &std::path::Path,
+) -> Result<candle_core::safetensors::MmapedSafetensors> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|source| crate::EngineError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|ext| ext == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(crate::EngineError::bad_model(dir, "no *.safetensors files"));
+    }
+    // SAFETY: read-only mappings of files we do not modify.
+    unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+        .map_err(|e| crate::EngineError::bad_model(dir, format!("safetensors: {e}")))
+}

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -16,6 +15,7 @@ use super::ops::{AttentionShape, BLOCK_SIZE};
 use super::{CudaBackend, CudaError};
 use crate::EngineError;
 use crate::model::config::LlamaConfig;
+use crate::model::weights::map_safetensors_dir;
 
 /// How much GPU memory the KV cache gets.
 #[derive(Debug, Clone, Copy)]
@@ -59,21 +59,7 @@ impl CudaLlama {
     /// Loads a Hugging Face Llama checkpoint (`config.json`, `*.safetensors`) onto the GPU.
     pub fn load_safetensors(dir: &Path, gpu: CudaBackend, kv: KvBudget) -> Result<Self, CudaError> {
         let config = LlamaConfig::from_hf_config(&dir.join("config.json"))?;
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|source| EngineError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|ext| ext == "safetensors"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(EngineError::bad_model(dir, "no *.safetensors files").into());
-        }
-        // SAFETY: read-only mappings of files we do not modify.
-        let st = unsafe { MmapedSafetensors::multi(&files) }
-            .map_err(|e| EngineError::bad_model(dir, format!("safetensors: {e}")))?;
+        let st = map_safetensors_dir(dir)?;
         let mut weight_bytes = 0;
         let mut host = |name: &str| -> Result<Vec<bf16>, CudaError> {
             let values = st
