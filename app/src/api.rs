@@ -15,22 +15,31 @@ use crate::{anthropic, conversations, gateway, gpu, openai, ui_assets};
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    // Inference calls pass the gateway first: models of the LiteLLM config go upstream.
+    // Inference calls pass the meter first: key limits, spend, and the gateway's models
+    // go upstream.
     let inference = Router::new()
         .route("/chat/completions", post(openai::chat::chat_completions))
         .route("/completions", post(openai::completions::completions))
         .route("/embeddings", post(openai::embeddings::embeddings))
+        .route("/messages", post(anthropic::messages))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            gateway::route,
+            gateway::meter::meter,
         ));
     let key = middleware::from_fn_with_state(state.clone(), gateway::auth::require_key);
     let v1 = Router::new()
         .route("/models", get(openai::models::list_models))
-        .route("/messages", post(anthropic::messages))
         .merge(inference)
         .fallback(unknown_route)
         .layer(key.clone());
+    // LiteLLM's admin routes: virtual keys and the spend log.
+    let admin = Router::new()
+        .route("/key/generate", post(gateway::key_api::generate))
+        .route("/key/update", post(gateway::key_api::update))
+        .route("/key/delete", post(gateway::key_api::delete))
+        .route("/key/info", get(gateway::key_api::key_info))
+        .route("/spend/logs", get(gateway::spend_api::logs))
+        .route_layer(key.clone());
     let vllm_extras = Router::new()
         .route("/tokenize", post(openai::tokenize::tokenize))
         .route("/detokenize", post(openai::tokenize::detokenize))
@@ -52,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .nest("/api", ui_api)
         .merge(vllm_extras)
+        .merge(admin)
         .route("/health", get(health))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))

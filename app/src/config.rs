@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub gpu: Option<RawGpuConfig>,
     pub kubernetes: Option<RawKubernetesConfig>,
     pub gateway: Option<RawGatewayConfig>,
+    /// Prices per token, checked before the built-in ones (`pricing.rs`).
+    pub pricing: Option<Vec<crate::pricing::RawPrice>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -174,6 +176,7 @@ pub struct Config {
     /// The LiteLLM config's deployments and settings, when one is given.
     pub litellm: Option<std::sync::Arc<crate::gateway::LiteLlmConfig>>,
     pub master_key: Option<String>,
+    pub pricing: Vec<crate::pricing::RawPrice>,
 }
 
 #[derive(Debug, Clone)]
@@ -338,6 +341,7 @@ impl Config {
             kubernetes,
             litellm,
             master_key,
+            pricing: raw.pricing.unwrap_or_default(),
         })
     }
 }

@@ -3,6 +3,7 @@
 
 mod anthropic;
 mod api;
+mod clock;
 mod config;
 mod conversations;
 mod error;
@@ -11,6 +12,7 @@ mod gpu;
 mod metrics;
 mod models;
 mod openai;
+mod pricing;
 mod sse;
 mod state;
 mod store;
@@ -166,9 +168,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("starting the GPU monitor")?;
     let metrics = Arc::new(metrics::Metrics::new()?);
+    let prices = pricing::PriceTable::new(&config.pricing).context("pricing")?;
     let gateway = match &config.litellm {
         Some(litellm) => {
-            let (gateway, unsupported) = gateway::Gateway::new(litellm, metrics.registry())?;
+            let (gateway, unsupported) =
+                gateway::Gateway::new(litellm, &prices, metrics.registry())?;
             for warning in litellm.warnings.iter().chain(&unsupported) {
                 tracing::warn!("LiteLLM config: {warning}");
             }
@@ -181,6 +185,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if config.master_key.is_some() {
         tracing::info!("a master key guards /v1");
     }
+    let keys = gateway::keys::KeyRegistry::new(store.load_keys().await?);
+    let spend_writer = store::SpendWriter::start(&config.data_dir, metrics.registry())?;
+    let ledger = gateway::Ledger::new(
+        keys,
+        prices,
+        spend_writer.clone(),
+        config.master_key.as_deref(),
+        metrics.registry(),
+    )?;
     let state = AppState {
         models: Arc::new(OnceLock::new()),
         store: store.clone(),
@@ -188,6 +201,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         gpu: gpu.clone(),
         gateway,
         master_key: config.master_key.clone().map(Arc::from),
+        ledger,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -262,6 +276,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || gpu.shutdown())
         .await
         .context("stopping the GPU monitor")?;
+    let flushed = tokio::task::spawn_blocking(move || spend_writer.flush(Duration::from_secs(10)))
+        .await
+        .unwrap_or(false);
+    if !flushed {
+        tracing::warn!("the spend log could not be flushed before exit");
+    }
     if let Some(error) = load_error.lock().take() {
         return Err(error);
     }

@@ -1,10 +1,11 @@
 //! `AppState`: what every handler can reach — the loaded models (filled once loading
-//! finishes), the store, the metrics, the GPU monitor, the gateway and the master key.
+//! finishes), the store, the metrics, the GPU monitor, the gateway, the master key and the
+//! ledger (virtual keys, prices, spend).
 
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{AppError, AppResult};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Ledger};
 use crate::gpu::GpuMonitor;
 use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
@@ -19,6 +20,8 @@ pub struct AppState {
     /// Upstream deployments from a LiteLLM config, if one was given.
     pub gateway: Option<Arc<Gateway>>,
     pub master_key: Option<Arc<str>>,
+    /// Virtual keys, prices and spend: every inference call is metered through it.
+    pub ledger: Arc<Ledger>,
 }
 
 impl AppState {

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::gateway::ledger::Served;
 use crate::openai::chat::chat_completions;
 use crate::openai::json::{OpenAiJson, parse_json};
 use crate::state::AppState;
@@ -47,7 +48,13 @@ pub async fn messages(State(state): State<AppState>, body: Bytes) -> Response {
     };
     let model = openai["model"].as_str().unwrap_or_default().to_string();
     let answer = dispatch(&state, &model, openai).await;
-    translate(answer, &model).await
+    // Who served it matters to the meter, whatever the answer's shape.
+    let served = answer.extensions().get::<Served>().cloned();
+    let mut translated = translate(answer, &model).await;
+    if let Some(served) = served {
+        translated.extensions_mut().insert(served);
+    }
+    translated
 }
 
 /// Serves an OpenAI chat request as `/v1/chat/completions` would.

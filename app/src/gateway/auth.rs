@@ -1,8 +1,12 @@
-//! The master key: with one configured, every `/v1` call, vLLM's `/tokenize` and
-//! `/detokenize`, and the UI's `/api/*` need `Authorization: Bearer KEY` or
-//! `x-api-key: KEY` (as LiteLLM and Anthropic clients send). `/health`, `/metrics` and the
-//! UI's static files stay open. Without one, the server only listens on loopback addresses
-//! (checked in `config.rs`).
+//! Who is calling: with a master key configured, every `/v1` call, vLLM's `/tokenize` and
+//! `/detokenize`, the UI's `/api/*` and the admin routes need `Authorization: Bearer KEY`
+//! or `x-api-key: KEY` (as LiteLLM and Anthropic clients send), either the master key or a
+//! virtual key that has not expired. The `Caller` goes into the request's extensions.
+//! `/health`, `/metrics` and the UI's static files stay open. Without a master key the
+//! server only listens on loopback addresses (checked in `config.rs`) and every caller is
+//! `Caller::Open`.
+
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -10,7 +14,21 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::keys::{VirtualKey, hash_key};
 use crate::state::AppState;
+
+#[derive(Clone)]
+pub enum Caller {
+    /// No master key is configured: everyone on loopback may call.
+    Open,
+    Master,
+    Virtual(Arc<VirtualKey>),
+}
+
+fn unauthorized(message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+    (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+}
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
@@ -32,20 +50,30 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_key(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let Some(expected) = state.master_key.as_deref() else {
+        request.extensions_mut().insert(Caller::Open);
         return next.run(request).await;
     };
-    match presented_key(request.headers()) {
-        Some(key) if same(key.trim(), expected) => next.run(request).await,
-        presented => {
-            let message = if presented.is_some() {
-                "Incorrect API key provided."
-            } else {
-                "Missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`."
-            };
-            let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
-            (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+    let caller = match presented_key(request.headers()).map(str::trim) {
+        Some(key) if same(key, expected) => Caller::Master,
+        Some(key) => match state.ledger.keys.get(&hash_key(key)) {
+            Some(virtual_key) if virtual_key.expired(super::unix_now()) => {
+                return unauthorized("Authentication Error - Expired Key.");
+            }
+            Some(virtual_key) => Caller::Virtual(virtual_key),
+            None => return unauthorized("Incorrect API key provided."),
+        },
+        None => {
+            return unauthorized(
+                "Missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+            );
         }
-    }
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
 }

@@ -9,8 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_yaml::{Mapping, Value};
 
+use super::routing::Strategy;
+use crate::pricing::Price;
+
 /// One upstream deployment of a `model_name` group.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Deployment {
     /// Its position in `model_list`: identifies it for cooldowns.
     pub id: usize,
@@ -23,6 +26,13 @@ pub struct Deployment {
     pub api_key: Option<String>,
     pub weight: f64,
     pub timeout: Option<Duration>,
+    /// Longest wait for the next piece of a stream (`stream_timeout`).
+    pub stream_timeout: Option<Duration>,
+    /// The deployment's own limits per minute, respected by every routing strategy.
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    /// `model_info.input_cost_per_token` / `output_cost_per_token`, over the price table.
+    pub price: Option<Price>,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +49,9 @@ pub struct LiteLlmConfig {
     /// `cooldown` (LiteLLM's defaults: 3 and 5 s).
     pub allowed_fails: u32,
     pub cooldown: Duration,
+    pub routing_strategy: Strategy,
+    /// `router_settings.stream_timeout`, for deployments without their own.
+    pub stream_timeout: Option<Duration>,
     /// `litellm_settings.cache`: keep whole answers for this long (in memory).
     pub cache_ttl: Option<Duration>,
     /// Things the file asks for that agentbox ignores, one line each.
@@ -52,7 +65,18 @@ const TOP_LEVEL: &[&str] = &[
     "general_settings",
     "environment_variables",
 ];
-const PARAMS_SUPPORTED: &[&str] = &["model", "api_base", "api_key", "weight", "timeout"];
+const PARAMS_SUPPORTED: &[&str] = &[
+    "model",
+    "api_base",
+    "api_key",
+    "weight",
+    "timeout",
+    "stream_timeout",
+    "rpm",
+    "tpm",
+    "input_cost_per_token",
+    "output_cost_per_token",
+];
 
 /// Resolves `os.environ/NAME` from the environment; other strings are themselves.
 fn resolve(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
@@ -157,9 +181,15 @@ impl LiteLlmConfig {
                         config.cooldown = seconds(Some(value)).unwrap_or(config.cooldown)
                     }
                     "enable_fallbacks" if value.as_bool() == Some(true) => {}
-                    "routing_strategy" if value.as_str() == Some("simple-shuffle") => {}
+                    "stream_timeout" => config.stream_timeout = seconds(Some(value)),
+                    "routing_strategy" => match value.as_str().and_then(Strategy::parse) {
+                        Some(strategy) => config.routing_strategy = strategy,
+                        None => config.warnings.push(format!(
+                            "router_settings.routing_strategy {value:?} is not supported; using simple-shuffle"
+                        )),
+                    },
                     _ => config.warnings.push(format!(
-                        "router_settings.{key} is not supported yet and is ignored (routing is simple-shuffle, weighted)"
+                        "router_settings.{key} is not supported yet and is ignored"
                     )),
                 }
             }
@@ -270,6 +300,25 @@ impl LiteLlmConfig {
             .and_then(Value::as_f64)
             .filter(|w| *w > 0.0 && w.is_finite())
             .unwrap_or(1.0);
+        let count = |key: &str| params.get(key).and_then(Value::as_u64);
+        // Prices may sit in `model_info` (LiteLLM's documented place) or `litellm_params`.
+        let info = match item.get("model_info") {
+            Some(Value::Mapping(info)) => Some(info),
+            _ => None,
+        };
+        let cost = |key: &str| {
+            info.and_then(|i| i.get(key))
+                .or_else(|| params.get(key))
+                .and_then(Value::as_f64)
+                .filter(|c| *c >= 0.0 && c.is_finite())
+        };
+        let price = match (cost("input_cost_per_token"), cost("output_cost_per_token")) {
+            (None, None) => None,
+            (input, output) => Some(Price {
+                input_per_token: input.unwrap_or(0.0),
+                output_per_token: output.unwrap_or(0.0),
+            }),
+        };
         self.deployments.push(Deployment {
             id: i,
             model_name,
@@ -279,6 +328,10 @@ impl LiteLlmConfig {
             api_key,
             weight,
             timeout: seconds(params.get("timeout")),
+            stream_timeout: seconds(params.get("stream_timeout")),
+            rpm: count("rpm"),
+            tpm: count("tpm"),
+            price,
         });
         Ok(())
     }
@@ -343,10 +396,8 @@ general_settings: {master_key: os.environ/LITELLM_MASTER_KEY}
             warnings.contains("ANTHROPIC_API_KEY is not set"),
             "{warnings}"
         );
-        assert!(
-            warnings.contains("router_settings.routing_strategy"),
-            "{warnings}"
-        );
+        assert_eq!(config.routing_strategy, Strategy::LeastBusy);
+        assert!(!warnings.contains("routing_strategy"), "{warnings}");
         assert!(!warnings.contains("enable_fallbacks"), "{warnings}");
     }
 
@@ -385,7 +436,7 @@ general_settings: {master_key: os.environ/LITELLM_MASTER_KEY}
     #[test]
     fn weights_timeouts_and_bare_model_names() {
         let config = LiteLlmConfig::parse(
-            "model_list:\n  - model_name: m\n    litellm_params: {model: gpt-4o, weight: 3, timeout: 2.5, api_base: 'http://h/v1/'}\nrouter_settings: {num_retries: 4, timeout: 30}\n",
+            "model_list:\n  - model_name: m\n    litellm_params: {model: gpt-4o, weight: 3, timeout: 2.5, api_base: 'http://h/v1/', rpm: 60, stream_timeout: 4}\n    model_info: {input_cost_per_token: 0.000001, output_cost_per_token: 0.000002, mode: chat}\nrouter_settings: {num_retries: 4, timeout: 30, routing_strategy: cost-based-routing}\n",
             &env,
         )
         .unwrap();
@@ -397,6 +448,16 @@ general_settings: {master_key: os.environ/LITELLM_MASTER_KEY}
         assert_eq!(d.weight, 3.0);
         assert_eq!(d.timeout, Some(Duration::from_millis(2500)));
         assert_eq!(d.api_base.as_deref(), Some("http://h/v1"));
+        assert_eq!((d.rpm, d.tpm), (Some(60), None));
+        assert_eq!(d.stream_timeout, Some(Duration::from_secs(4)));
+        assert_eq!(
+            d.price,
+            Some(Price {
+                input_per_token: 1e-6,
+                output_per_token: 2e-6
+            })
+        );
+        assert_eq!(config.routing_strategy, Strategy::CostBased);
         assert_eq!(config.num_retries, 4);
         assert_eq!(config.timeout, Some(Duration::from_secs(30)));
         assert_eq!(

@@ -1,29 +1,37 @@
 //! The gateway: OpenAI-API calls whose `model` names a group of the LiteLLM config's
-//! `model_list` go to one of that group's upstream deployments (weighted shuffle, retries
-//! on failures that happen before any byte reaches the client, cooldowns after repeated
-//! failures, fallbacks to other groups); other names stay with the local engine. Also the
-//! master key that guards `/v1`.
+//! `model_list` go to one of that group's upstream deployments (chosen by the routing
+//! strategy; retries on failures that happen before any byte reaches the client, cooldowns
+//! after repeated failures, fallbacks to other groups); other names stay with the local
+//! engine. Also who may call (the master key, virtual keys with their limits) and what
+//! every call costs (`ledger`, `meter`), for local models too.
 
 mod anthropic_wire;
 pub mod auth;
+mod bedrock;
 mod cache;
+pub mod key_api;
+pub mod keys;
+pub mod ledger;
 pub mod litellm;
+pub mod meter;
 mod metrics;
+pub mod routing;
+pub mod spend_api;
 mod upstream;
+mod usage;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use serde_json::Value;
-
+pub use self::ledger::Ledger;
 pub use self::litellm::{Deployment, LiteLlmConfig};
 pub use self::upstream::forward;
-use crate::error::AppError;
-use crate::state::AppState;
+use crate::pricing::PriceTable;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    crate::clock::unix_ms().div_euclid(1000)
+}
 
 /// Providers served: those that speak OpenAI's wire format at `api_base`, and Anthropic.
 const SUPPORTED: &[&str] = &["openai", "hosted_vllm", "openai_compatible", "anthropic"];
@@ -41,6 +49,11 @@ pub struct Gateway {
     client: reqwest::Client,
     num_retries: u32,
     default_timeout: std::time::Duration,
+    stream_timeout: Option<Duration>,
+    strategy: routing::Strategy,
+    /// Routing's view of each deployment, and its price per token, by deployment id.
+    stats: Vec<routing::DeploymentStats>,
+    price_per_token: Vec<f64>,
 }
 
 impl Gateway {
@@ -48,6 +61,7 @@ impl Gateway {
     /// left out, and each is reported in the returned warnings.
     pub fn new(
         config: &LiteLlmConfig,
+        prices: &PriceTable,
         registry: &prometheus::Registry,
     ) -> anyhow::Result<(Self, Vec<String>)> {
         let metrics = metrics::GatewayMetrics::new(registry)?;
@@ -67,6 +81,20 @@ impl Gateway {
                 .or_default()
                 .push(deployment.clone());
         }
+        let slots = config
+            .deployments
+            .iter()
+            .map(|d| d.id + 1)
+            .max()
+            .unwrap_or(0);
+        let today = crate::pricing::today();
+        let mut price_per_token = vec![0.0; slots];
+        for d in &config.deployments {
+            price_per_token[d.id] = d
+                .price
+                .unwrap_or_else(|| prices.price(&d.upstream_model, false, today))
+                .per_token();
+        }
         let client = reqwest::Client::builder()
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build()?;
@@ -85,6 +113,12 @@ impl Gateway {
                 default_timeout: config
                     .timeout
                     .unwrap_or(std::time::Duration::from_secs(600)),
+                stream_timeout: config.stream_timeout,
+                strategy: config.routing_strategy,
+                stats: (0..slots)
+                    .map(|_| routing::DeploymentStats::default())
+                    .collect(),
+                price_per_token,
             },
             warnings,
         ))
@@ -131,6 +165,17 @@ impl Gateway {
     pub fn group(&self, model: &str) -> Option<&[Deployment]> {
         self.groups.get(model).map(Vec::as_slice)
     }
+
+    fn stats(&self, deployment: &Deployment) -> Option<&routing::DeploymentStats> {
+        self.stats.get(deployment.id)
+    }
+
+    /// A finished call's tokens, for usage-based routing and deployments' tpm.
+    pub fn record_tokens(&self, deployment: usize, tokens: u64) {
+        if let Some(stats) = self.stats.get(deployment) {
+            stats.record_tokens(tokens, unix_now());
+        }
+    }
 }
 
 /// Failures are counted over this window for `allowed_fails`.
@@ -141,42 +186,4 @@ struct Health {
     window_start: Option<Instant>,
     fails: u32,
     cooling_until: Option<Instant>,
-}
-
-/// The largest body the gateway buffers to read its `model` (as the server's own limit).
-const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
-
-/// Middleware on the `/v1` inference routes: sends gateway models upstream, and passes
-/// everything else (local models, bad bodies) on to the local handlers untouched.
-pub async fn route(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(gateway) = state.gateway.clone() else {
-        return next.run(request).await;
-    };
-    let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            return AppError::bad_request(
-                "body",
-                format!("could not read the request body: {error}"),
-            )
-            .into_response();
-        }
-    };
-    let body: Option<Value> = serde_json::from_slice(&bytes).ok();
-    let group = body
-        .as_ref()
-        .and_then(|b| b.get("model"))
-        .and_then(Value::as_str)
-        .and_then(|model| gateway.group(model));
-    match (group, body) {
-        (Some(group), Some(body)) => {
-            let path = parts.uri.path().trim_start_matches("/v1").to_string();
-            upstream::forward(&gateway, group, &path, body).await
-        }
-        _ => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
-    }
 }

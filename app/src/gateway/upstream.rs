@@ -1,33 +1,72 @@
-//! Forwarding one OpenAI-format call upstream: pick a deployment by weight, then either
+//! Forwarding one OpenAI-format call upstream: pick a deployment (`routing`), then either
 //! swap in its model name and key and relay the answer byte for byte (OpenAI-compatible
 //! upstreams), or translate to and from Anthropic's Messages API.
 //! Connection failures, timeouts, 429 and 5xx are retried on another pick, up to
 //! `num_retries` times, but only before the client has received anything. Upstream errors
 //! reach the client in OpenAI's shape without the upstream's raw body or any key.
+//! A stream that goes quiet for longer than `stream_timeout` is ended with an error event;
+//! a stream that has started is never retried elsewhere.
 
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use rand::Rng;
 use serde_json::{Value, json};
 
+use super::ledger::Served;
 use super::metrics::DeploymentState;
+use super::routing::{self, Candidate, InFlight};
 use super::{Deployment, Gateway, anthropic_wire, cache};
 
-/// Picks a deployment with probability proportional to its weight (LiteLLM's
-/// `simple-shuffle`).
-fn pick<'a>(group: &[&'a Deployment]) -> Option<&'a Deployment> {
-    let total: f64 = group.iter().map(|d| d.weight).sum();
-    let mut at = rand::rng().random_range(0.0..total.max(f64::MIN_POSITIVE));
-    for deployment in group {
-        if at < deployment.weight {
-            return Some(deployment);
-        }
-        at -= deployment.weight;
+fn served_by(deployment: &Deployment) -> Served {
+    Served {
+        deployment: Some(deployment.id),
+        provider: deployment.provider.clone(),
+        model: deployment.upstream_model.clone(),
+        api_base: deployment.api_base.clone().unwrap_or_default(),
+        price: deployment.price,
+        cache_hit: false,
     }
-    group.last().copied()
+}
+
+/// An upstream stream passed on piece by piece, ended with an OpenAI-shaped error event
+/// if the upstream sends nothing for `idle`; keeps the deployment's in-flight count until
+/// it ends.
+fn guarded<S>(
+    upstream: S,
+    idle: Option<Duration>,
+    model: String,
+    in_flight: Option<InFlight>,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, reqwest::Error>>
+where
+    S: futures::Stream<Item = Result<axum::body::Bytes, reqwest::Error>> + Send + 'static,
+{
+    async_stream::stream! {
+        let _in_flight = in_flight;
+        let mut upstream = std::pin::pin!(upstream);
+        loop {
+            let next = futures::StreamExt::next(&mut upstream);
+            let piece = match idle {
+                Some(idle) => match tokio::time::timeout(idle, next).await {
+                    Ok(piece) => piece,
+                    Err(_) => {
+                        tracing::warn!(model, "upstream stream idle for {idle:?}; ending it");
+                        let event = json!({"error": {
+                            "message": format!("the upstream for model {model:?} sent nothing for {:.1} s; the stream was ended", idle.as_secs_f64()),
+                            "type": "upstream_error", "param": null, "code": "stream_timeout"}});
+                        yield Ok(format!("data: {event}\n\ndata: [DONE]\n\n").into());
+                        break;
+                    }
+                },
+                None => next.await,
+            };
+            match piece {
+                Some(piece) => yield piece,
+                None => break,
+            }
+        }
+    }
 }
 
 /// How an attempt on a group ended, for the fallbacks.
@@ -123,7 +162,12 @@ fn build_request(
 
 /// An OpenAI-compatible answer, passed through byte for byte: streams as they come, whole
 /// answers in one piece (with a length, so the client needs no chunked framing).
-async fn relay(response: reqwest::Response) -> Response {
+async fn relay(
+    response: reqwest::Response,
+    idle: Option<Duration>,
+    model: &str,
+    in_flight: Option<InFlight>,
+) -> Response {
     let content_type = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
@@ -131,7 +175,12 @@ async fn relay(response: reqwest::Response) -> Response {
         .unwrap_or(HeaderValue::from_static("application/json"));
     let streaming = content_type.as_bytes().starts_with(b"text/event-stream");
     let body = if streaming {
-        Body::from_stream(response.bytes_stream())
+        Body::from_stream(guarded(
+            response.bytes_stream(),
+            idle,
+            model.to_string(),
+            in_flight,
+        ))
     } else {
         match response.bytes().await {
             Ok(bytes) => Body::from(bytes),
@@ -156,6 +205,8 @@ async fn relay_anthropic(
     response: reqwest::Response,
     deployment: &Deployment,
     request: &Value,
+    idle: Option<Duration>,
+    in_flight: Option<InFlight>,
 ) -> Response {
     let model = deployment.model_name.clone();
     if request.get("stream").and_then(Value::as_bool) != Some(true) {
@@ -172,7 +223,12 @@ async fn relay_anthropic(
     }
     let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
     let mut translator = anthropic_wire::StreamTranslator::new(&model, include_usage);
-    let mut upstream = response.bytes_stream();
+    let mut upstream = Box::pin(guarded(
+        response.bytes_stream(),
+        idle,
+        model.clone(),
+        in_flight,
+    ));
     let chunks = async_stream::stream! {
         let mut sse = crate::sse::SseData::default();
         while let Some(Ok(bytes)) = futures::StreamExt::next(&mut upstream).await {
@@ -224,10 +280,26 @@ pub async fn forward(
             if let Ok(value) = HeaderValue::from_str(&entry.content_type) {
                 hit.headers_mut().insert(header::CONTENT_TYPE, value);
             }
+            if let Some(first) = group.first() {
+                hit.extensions_mut().insert(Served {
+                    deployment: None,
+                    cache_hit: true,
+                    ..served_by(first)
+                });
+            }
             hit
         }
         None => {
-            let answer = answer(gateway, group, path, body, &mut upstream_time).await;
+            let mut answer = answer(gateway, group, path, body, &mut upstream_time).await;
+            if answer.extensions().get::<Served>().is_none()
+                && let Some(first) = group.first()
+            {
+                // Failed everywhere: the group's first deployment stands for it.
+                answer.extensions_mut().insert(Served {
+                    deployment: None,
+                    ..served_by(first)
+                });
+            }
             match cache.filter(|_| !controls.no_store && answer.status().is_success()) {
                 Some(cache) => store(cache, key, answer, controls.ttl).await,
                 None => answer,
@@ -317,20 +389,38 @@ async fn attempt(
     let started = Instant::now();
     let mut last_failure: Option<Response> = None;
     for attempt in 0..=gateway.num_retries {
-        let ready: Vec<&Deployment> = group
+        let now = super::unix_now();
+        let ready: Vec<Candidate<'_>> = group
             .iter()
             .filter(|d| gateway.cooling(d).is_none())
+            .filter_map(|deployment| {
+                Some(Candidate {
+                    deployment,
+                    stats: gateway.stats(deployment)?,
+                    price_per_token: gateway
+                        .price_per_token
+                        .get(deployment.id)
+                        .copied()
+                        .unwrap_or(0.0),
+                })
+            })
             .collect();
-        let Some(deployment) = pick(&ready) else {
-            let wait = group.iter().filter_map(|d| gateway.cooling(d)).min();
-            let mut refusal = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                format!(
-                    "every deployment of model {:?} is cooling down after repeated failures",
-                    group.first().map_or("", |d| d.model_name.as_str())
-                ),
-            );
+        let Some(deployment) = routing::choose(gateway.strategy, &ready, now) else {
+            let name = group.first().map_or("", |d| d.model_name.as_str());
+            let (message, wait) = if ready.is_empty() {
+                (
+                    format!(
+                        "every deployment of model {name:?} is cooling down after repeated failures"
+                    ),
+                    group.iter().filter_map(|d| gateway.cooling(d)).min(),
+                )
+            } else {
+                (
+                    format!("every deployment of model {name:?} is at its rpm or tpm limit"),
+                    Some(Duration::from_secs((60 - now.rem_euclid(60)) as u64)),
+                )
+            };
+            let mut refusal = error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message);
             let secs = wait.map_or(1, |w| w.as_secs().max(1));
             if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
                 refusal.headers_mut().insert(header::RETRY_AFTER, value);
@@ -344,6 +434,7 @@ async fn attempt(
                 return (refusal, Outcome::Failed);
             }
         };
+        let in_flight = gateway.stats(deployment).map(|s| s.start(now));
         let sent = Instant::now();
         let result = request.send().await;
         *upstream_time += sent.elapsed();
@@ -411,13 +502,18 @@ async fn attempt(
             .metrics
             .set_state(deployment, DeploymentState::Healthy);
         let reading = Instant::now();
-        let relayed = if deployment.provider == "anthropic" {
-            relay_anthropic(response, deployment, &body).await
+        let idle = deployment.stream_timeout.or(gateway.stream_timeout);
+        let mut relayed = if deployment.provider == "anthropic" {
+            relay_anthropic(response, deployment, &body, idle, in_flight).await
         } else {
-            relay(response).await
+            relay(response, idle, &deployment.model_name, in_flight).await
         };
         // Whole answers are read here: waiting on their bytes is upstream time too.
         *upstream_time += reading.elapsed();
+        if let Some(stats) = gateway.stats(deployment) {
+            stats.record_latency(sent.elapsed());
+        }
+        relayed.extensions_mut().insert(served_by(deployment));
         return (relayed, Outcome::Answered);
     }
     let failure = last_failure.unwrap_or_else(|| {
@@ -435,30 +531,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    fn deployment(name: &str, weight: f64) -> Deployment {
-        Deployment {
-            id: 0,
-            model_name: "m".into(),
-            provider: "openai".into(),
-            upstream_model: name.into(),
-            api_base: None,
-            api_key: None,
-            weight,
-            timeout: None,
-        }
-    }
-
-    #[test]
-    fn picks_follow_the_weights() {
-        let (a, b) = (deployment("a", 1.0), deployment("b", 3.0));
-        let group = [&a, &b];
-        let picked_b = (0..4000)
-            .filter(|_| pick(&group).unwrap().upstream_model == "b")
-            .count();
-        assert!((2700..3300).contains(&picked_b), "{picked_b} of 4000");
-        assert!(pick(&[]).is_none());
-    }
 
     #[test]
     fn context_window_errors_are_recognised() {

@@ -35,6 +35,49 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (uuid, t)
     ) WITHOUT ROWID;
     CREATE INDEX gpu_history_by_time ON gpu_history(t);",
+    // 3: the gateway's virtual keys (hashed) and its spend log.
+    "CREATE TABLE virtual_keys (
+        token TEXT PRIMARY KEY,
+        key_name TEXT NOT NULL,
+        key_alias TEXT UNIQUE,
+        models TEXT NOT NULL,
+        max_budget REAL,
+        budget_duration TEXT,
+        budget_reset_at INTEGER,
+        rpm_limit INTEGER,
+        tpm_limit INTEGER,
+        max_parallel_requests INTEGER,
+        expires_at INTEGER,
+        metadata TEXT NOT NULL,
+        spend REAL NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE spend_logs (
+        id INTEGER PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        call_type TEXT NOT NULL,
+        api_key TEXT NOT NULL,
+        key_alias TEXT,
+        spend REAL NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        total_tokens INTEGER NOT NULL,
+        start_time INTEGER NOT NULL,
+        end_time INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        model_group TEXT NOT NULL,
+        custom_llm_provider TEXT NOT NULL,
+        api_base TEXT NOT NULL,
+        user TEXT NOT NULL,
+        status TEXT NOT NULL,
+        status_code INTEGER NOT NULL,
+        cache_hit INTEGER NOT NULL,
+        request_tags TEXT NOT NULL
+    );
+    CREATE INDEX spend_logs_by_time ON spend_logs(start_time);
+    CREATE INDEX spend_logs_by_key ON spend_logs(api_key, start_time);
+    CREATE INDEX spend_logs_by_request ON spend_logs(request_id);",
 ];
 
 pub fn run(connection: &mut Connection) -> anyhow::Result<()> {

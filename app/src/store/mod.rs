@@ -4,9 +4,13 @@
 
 mod conversations;
 mod gpu_history;
+mod keys;
 mod migrations;
+mod spend;
 
 pub use conversations::{Conversation, ConversationWithMessages, StoredMessage};
+pub use keys::{DuplicateAlias, StoredKey};
+pub use spend::{SpendFilter, SpendRecord, SpendWriter};
 
 use std::path::Path;
 use std::sync::Arc;
