@@ -318,3 +318,29 @@ def test_least_busy_sends_to_the_deployment_with_fewer_calls_in_flight(upstream,
                 calls=6, parallel=6)
     hits = (Upstream.hits.get("slowbusya", 0), Upstream.hits.get("slowbusyb", 0))
     assert sum(hits) == 6 and min(hits) >= 2, hits
+
+
+def test_a_locked_database_never_stalls_requests_and_the_rows_arrive_later(gateway):
+    """The spend log's disk is unavailable (another process holds the write lock) for
+    3 s: calls must still answer at once, and their rows must be written afterwards."""
+    url, data_dir = gateway
+    key = admin(url, "/key/generate", {}).json()["key"]
+    client = sdk(url, key)
+    blocker = sqlite3.connect(data_dir / "agentbox.db", isolation_level=None, timeout=10)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        timings = []
+        for _ in range(10):
+            started = time.monotonic()
+            ask(client)
+            timings.append(time.monotonic() - started)
+        assert max(timings) < 1.0, timings
+        time.sleep(1.0)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    rows = spend_rows(url, key, 10)
+    assert len(rows) == 10, rows
+    dropped = [line for line in httpx.get(url + "/metrics").text.splitlines()
+               if line.startswith("agentbox_spend_log_dropped_total")]
+    assert dropped == ["agentbox_spend_log_dropped_total 0"], dropped
