@@ -21,20 +21,19 @@ fn forbidden() -> Response {
     (StatusCode::FORBIDDEN, Json(body)).into_response()
 }
 
-/// Keys exist to restrict callers; without a master key nobody is restricted.
-fn require_master(state: &AppState, caller: &Caller) -> Result<(), Response> {
+/// Why this caller may not manage keys, if it may not. Keys exist to restrict callers:
+/// without a master key nobody is restricted, so there are none.
+fn not_master(state: &AppState, caller: &Caller) -> Option<Response> {
     if state.master_key.is_none() {
-        return Err(AppError::bad_request(
-            "master_key",
-            "virtual keys need a master key: set AGENTBOX_MASTER_KEY (or general_settings.master_key)",
-        )
-        .into_response());
+        return Some(
+            AppError::bad_request(
+                "master_key",
+                "virtual keys need a master key: set AGENTBOX_MASTER_KEY (or general_settings.master_key)",
+            )
+            .into_response(),
+        );
     }
-    if matches!(caller, Caller::Master) {
-        Ok(())
-    } else {
-        Err(forbidden())
-    }
+    (!matches!(caller, Caller::Master)).then(forbidden)
 }
 
 /// A key given as itself (`sk-...`) or as its token (the SHA-256 in hex).
@@ -160,13 +159,14 @@ fn apply(body: &Map<String, Value>, key: &mut StoredKey, now: i64) -> Result<(),
     Ok(())
 }
 
-async fn save(state: &AppState, key: StoredKey) -> Result<(), Response> {
+/// Stores the key; the error response if that fails.
+async fn save(state: &AppState, key: StoredKey) -> Option<Response> {
     match state.store.save_key(key).await {
-        Ok(()) => Ok(()),
+        Ok(()) => None,
         Err(e) if e.is::<DuplicateAlias>() => {
-            Err(AppError::bad_request("key_alias", e.to_string()).into_response())
+            Some(AppError::bad_request("key_alias", e.to_string()).into_response())
         }
-        Err(e) => Err(AppError::Internal(e).into_response()),
+        Err(e) => Some(AppError::Internal(e).into_response()),
     }
 }
 
@@ -175,7 +175,7 @@ pub async fn generate(
     Extension(caller): Extension<Caller>,
     OpenAiJson(body): OpenAiJson<Map<String, Value>>,
 ) -> Response {
-    if let Err(refusal) = require_master(&state, &caller) {
+    if let Some(refusal) = not_master(&state, &caller) {
         return refusal;
     }
     let now = super::unix_now();
@@ -214,7 +214,7 @@ pub async fn generate(
     if let Err(error) = apply(&body, &mut key, now) {
         return error.into_response();
     }
-    if let Err(refusal) = save(&state, key.clone()).await {
+    if let Some(refusal) = save(&state, key.clone()).await {
         return refusal;
     }
     state.ledger.keys.insert(key.clone());
@@ -229,7 +229,7 @@ pub async fn update(
     Extension(caller): Extension<Caller>,
     OpenAiJson(body): OpenAiJson<Map<String, Value>>,
 ) -> Response {
-    if let Err(refusal) = require_master(&state, &caller) {
+    if let Some(refusal) = not_master(&state, &caller) {
         return refusal;
     }
     let Some(given) = body.get("key").and_then(Value::as_str) else {
@@ -244,7 +244,7 @@ pub async fn update(
     if let Err(error) = apply(&body, &mut key, now) {
         return error.into_response();
     }
-    if let Err(refusal) = save(&state, key.clone()).await {
+    if let Some(refusal) = save(&state, key.clone()).await {
         return refusal;
     }
     existing.replace(key.clone());
@@ -256,7 +256,7 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     OpenAiJson(body): OpenAiJson<Map<String, Value>>,
 ) -> Response {
-    if let Err(refusal) = require_master(&state, &caller) {
+    if let Some(refusal) = not_master(&state, &caller) {
         return refusal;
     }
     let strings = |field: &str| -> Result<Vec<String>, AppError> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_yaml::{Mapping, Value};
 
+use super::bedrock::AwsCredentials;
 use super::routing::Strategy;
 use crate::pricing::Price;
 
@@ -33,6 +34,8 @@ pub struct Deployment {
     pub tpm: Option<u64>,
     /// `model_info.input_cost_per_token` / `output_cost_per_token`, over the price table.
     pub price: Option<Price>,
+    /// Bedrock: the `aws_*` params, else the `AWS_*` environment variables.
+    pub aws: Option<AwsCredentials>,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +79,10 @@ const PARAMS_SUPPORTED: &[&str] = &[
     "tpm",
     "input_cost_per_token",
     "output_cost_per_token",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "aws_region_name",
 ];
 
 /// Resolves `os.environ/NAME` from the environment; other strings are themselves.
@@ -301,6 +308,42 @@ impl LiteLlmConfig {
             .filter(|w| *w > 0.0 && w.is_finite())
             .unwrap_or(1.0);
         let count = |key: &str| params.get(key).and_then(Value::as_u64);
+        let aws = if provider == "bedrock" {
+            // As boto3: the params' keys with their own token, else the environment's set.
+            let from_params = (
+                resolved("aws_access_key_id"),
+                resolved("aws_secret_access_key"),
+            );
+            let (access, secret, token) = match from_params {
+                (Some(access), Some(secret)) => {
+                    (Some(access), Some(secret), resolved("aws_session_token"))
+                }
+                _ => (
+                    env("AWS_ACCESS_KEY_ID"),
+                    env("AWS_SECRET_ACCESS_KEY"),
+                    env("AWS_SESSION_TOKEN"),
+                ),
+            };
+            let region = resolved("aws_region_name")
+                .or_else(|| env("AWS_REGION_NAME"))
+                .or_else(|| env("AWS_REGION"));
+            match (access, secret) {
+                (Some(access_key_id), Some(secret_access_key)) => Some(AwsCredentials {
+                    access_key_id,
+                    secret_access_key,
+                    session_token: token,
+                    region: region.unwrap_or_else(|| "us-east-1".to_string()),
+                }),
+                _ => {
+                    self.warnings.push(format!(
+                        "model_list[{i}]: Bedrock needs aws_access_key_id and aws_secret_access_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); this deployment is not served"
+                    ));
+                    return Ok(());
+                }
+            }
+        } else {
+            None
+        };
         // Prices may sit in `model_info` (LiteLLM's documented place) or `litellm_params`.
         let info = match item.get("model_info") {
             Some(Value::Mapping(info)) => Some(info),
@@ -332,6 +375,7 @@ impl LiteLlmConfig {
             rpm: count("rpm"),
             tpm: count("tpm"),
             price,
+            aws,
         });
         Ok(())
     }
@@ -464,6 +508,47 @@ general_settings: {master_key: os.environ/LITELLM_MASTER_KEY}
             (config.allowed_fails, config.cooldown),
             (3, Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn bedrock_keys_come_from_the_params_or_else_the_environment() {
+        let yaml = |params: &str| {
+            format!(
+                "model_list:\n  - model_name: b\n    litellm_params: {{model: bedrock/anthropic.claude-3-haiku-20240307-v1:0{params}}}\n"
+            )
+        };
+        let aws_env = |name: &str| match name {
+            "AWS_ACCESS_KEY_ID" => Some("AKENV".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("secret-env".to_string()),
+            "AWS_SESSION_TOKEN" => Some("token-env".to_string()),
+            _ => None,
+        };
+        let config = LiteLlmConfig::parse(&yaml(""), &aws_env).unwrap();
+        let aws = config.deployments[0].aws.clone().unwrap();
+        assert_eq!(
+            (aws.access_key_id.as_str(), aws.session_token.as_deref()),
+            ("AKENV", Some("token-env"))
+        );
+        assert_eq!(aws.region, "us-east-1");
+        let config = LiteLlmConfig::parse(
+            &yaml(
+                ", aws_access_key_id: AKP, aws_secret_access_key: sp, aws_region_name: eu-west-1",
+            ),
+            &aws_env,
+        )
+        .unwrap();
+        let aws = config.deployments[0].aws.clone().unwrap();
+        assert_eq!(
+            (
+                aws.access_key_id.as_str(),
+                aws.session_token,
+                aws.region.as_str()
+            ),
+            ("AKP", None, "eu-west-1")
+        );
+        let config = LiteLlmConfig::parse(&yaml(""), &|_| None).unwrap();
+        assert!(config.deployments.is_empty());
+        assert!(config.warnings.join("\n").contains("Bedrock needs"));
     }
 
     #[test]

@@ -33,8 +33,15 @@ pub fn unix_now() -> i64 {
     crate::clock::unix_ms().div_euclid(1000)
 }
 
-/// Providers served: those that speak OpenAI's wire format at `api_base`, and Anthropic.
-const SUPPORTED: &[&str] = &["openai", "hosted_vllm", "openai_compatible", "anthropic"];
+/// Providers served: those that speak OpenAI's wire format at `api_base`, Anthropic and
+/// Bedrock (Converse).
+const SUPPORTED: &[&str] = &[
+    "openai",
+    "hosted_vllm",
+    "openai_compatible",
+    "anthropic",
+    "bedrock",
+];
 
 pub struct Gateway {
     groups: HashMap<String, Vec<Deployment>>,

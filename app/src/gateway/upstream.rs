@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::ledger::Served;
 use super::metrics::DeploymentState;
 use super::routing::{self, Candidate, InFlight};
-use super::{Deployment, Gateway, anthropic_wire, cache};
+use super::{Deployment, Gateway, anthropic_wire, bedrock, cache};
 
 fn served_by(deployment: &Deployment) -> Served {
     Served {
@@ -86,7 +86,14 @@ fn context_window_error(body: &[u8]) -> bool {
     };
     let error = &value["error"];
     let message = error["message"].as_str().unwrap_or("").to_ascii_lowercase();
+    // Bedrock's errors are `{"message": ...}` at the top.
+    let message = if message.is_empty() {
+        value["message"].as_str().unwrap_or("").to_ascii_lowercase()
+    } else {
+        message
+    };
     error["code"] == "context_length_exceeded"
+        || message.contains("input is too long")
         || message.contains("context length")
         || message.contains("context window")
         || message.contains("prompt is too long")
@@ -118,6 +125,9 @@ fn build_request(
     body: &mut Value,
 ) -> Result<reqwest::RequestBuilder, String> {
     let timeout = deployment.timeout.unwrap_or(gateway.default_timeout);
+    if deployment.provider == "bedrock" {
+        return bedrock_request(gateway, deployment, path, body, timeout);
+    }
     if deployment.provider == "anthropic" {
         if path != "/chat/completions" {
             return Err(format!(
@@ -158,6 +168,124 @@ fn build_request(
         request = request.bearer_auth(key);
     }
     Ok(request)
+}
+
+/// A Converse call, signed with SigV4 over the exact bytes sent.
+fn bedrock_request(
+    gateway: &Gateway,
+    deployment: &Deployment,
+    path: &str,
+    body: &Value,
+    timeout: Duration,
+) -> Result<reqwest::RequestBuilder, String> {
+    if path != "/chat/completions" {
+        return Err(format!(
+            "model {:?} (Bedrock) serves chat completions only",
+            deployment.model_name
+        ));
+    }
+    let Some(credentials) = &deployment.aws else {
+        return Err(format!(
+            "model {:?} (Bedrock) has no AWS credentials",
+            deployment.model_name
+        ));
+    };
+    let translated = bedrock::to_converse_request(body)?;
+    let streaming = body.get("stream").and_then(Value::as_bool) == Some(true);
+    let base = deployment
+        .api_base
+        .clone()
+        .unwrap_or_else(|| bedrock::default_endpoint(&credentials.region));
+    let url = reqwest::Url::parse(&format!(
+        "{}{}",
+        base.trim_end_matches('/'),
+        bedrock::converse_path(&deployment.upstream_model, streaming)
+    ))
+    .map_err(|e| format!("model {:?}: bad api_base: {e}", deployment.model_name))?;
+    let bytes = serde_json::to_vec(&translated).map_err(|e| e.to_string())?;
+    let signed = bedrock::sign(
+        "POST",
+        &url,
+        &[("content-type", "application/json")],
+        &bytes,
+        credentials,
+        bedrock::SIGNING_SERVICE,
+        std::time::SystemTime::now(),
+    );
+    let mut request = gateway
+        .client
+        .post(url)
+        .timeout(timeout)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(bytes);
+    for (name, value) in signed {
+        request = request.header(name, value);
+    }
+    Ok(request)
+}
+
+/// A Converse answer in OpenAI's shape: whole, or its binary event stream as chunks.
+async fn relay_bedrock(
+    response: reqwest::Response,
+    deployment: &Deployment,
+    request: &Value,
+    idle: Option<Duration>,
+    in_flight: Option<InFlight>,
+) -> Response {
+    let model = deployment.model_name.clone();
+    if request.get("stream").and_then(Value::as_bool) != Some(true) {
+        return match response.json::<Value>().await {
+            Ok(answer) => {
+                axum::Json(bedrock::to_openai_completion(&answer, &model)).into_response()
+            }
+            Err(_) => error(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("the upstream for model {model:?} sent an unreadable answer"),
+            ),
+        };
+    }
+    let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+    let mut translator = bedrock::StreamTranslator::new(&model, include_usage);
+    let mut upstream = Box::pin(guarded(
+        response.bytes_stream(),
+        idle,
+        model.clone(),
+        in_flight,
+    ));
+    let chunks = async_stream::stream! {
+        let mut decoder = bedrock::EventStreamDecoder::default();
+        'read: while let Some(Ok(bytes)) = futures::StreamExt::next(&mut upstream).await {
+            // An SSE error event from the idle guard passes on as it is.
+            if bytes.starts_with(b"data: ") {
+                yield Ok::<axum::body::Bytes, std::convert::Infallible>(bytes);
+                translator.done = true;
+                break;
+            }
+            let events = match decoder.push(&bytes) {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(model, "unreadable Bedrock event stream: {e}");
+                    break 'read;
+                }
+            };
+            for event in events {
+                let out = translator.push(&event);
+                if !out.is_empty() {
+                    yield Ok(out.into());
+                }
+            }
+        }
+        if !translator.done {
+            yield Ok("data: [DONE]\n\n".into());
+        }
+    };
+    let mut relayed = Response::new(Body::from_stream(chunks));
+    relayed.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    relayed
 }
 
 /// An OpenAI-compatible answer, passed through byte for byte: streams as they come, whole
@@ -503,7 +631,9 @@ async fn attempt(
             .set_state(deployment, DeploymentState::Healthy);
         let reading = Instant::now();
         let idle = deployment.stream_timeout.or(gateway.stream_timeout);
-        let mut relayed = if deployment.provider == "anthropic" {
+        let mut relayed = if deployment.provider == "bedrock" {
+            relay_bedrock(response, deployment, &body, idle, in_flight).await
+        } else if deployment.provider == "anthropic" {
             relay_anthropic(response, deployment, &body, idle, in_flight).await
         } else {
             relay(response, idle, &deployment.model_name, in_flight).await

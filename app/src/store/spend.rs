@@ -100,7 +100,7 @@ impl SpendWriter {
         match self.sender.try_send(Message::Record(Box::new(record))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                if self.dropped.get() % 1000 == 0 {
+                if self.dropped.get().is_multiple_of(1000) {
                     tracing::warn!("spend log queue full: rows are being dropped");
                 }
                 self.dropped.inc();
@@ -120,7 +120,7 @@ impl SpendWriter {
 }
 
 fn run(mut connection: Connection, receiver: Receiver<Message>, dropped: prometheus::IntCounter) {
-    let mut batch: Vec<Box<SpendRecord>> = Vec::with_capacity(BATCH_ROWS);
+    let mut batch: Vec<SpendRecord> = Vec::with_capacity(BATCH_ROWS);
     let mut flushes = Vec::new();
     loop {
         // Block for the first message, then take what else is already queued.
@@ -145,16 +145,16 @@ fn run(mut connection: Connection, receiver: Receiver<Message>, dropped: prometh
     }
 }
 
-fn take(message: Message, batch: &mut Vec<Box<SpendRecord>>, flushes: &mut Vec<mpsc::Sender<()>>) {
+fn take(message: Message, batch: &mut Vec<SpendRecord>, flushes: &mut Vec<mpsc::Sender<()>>) {
     match message {
-        Message::Record(record) => batch.push(record),
+        Message::Record(record) => batch.push(*record),
         Message::Flush(done) => flushes.push(done),
     }
 }
 
 fn write_with_retries(
     connection: &mut Connection,
-    batch: &[Box<SpendRecord>],
+    batch: &[SpendRecord],
     dropped: &prometheus::IntCounter,
 ) {
     let started = Instant::now();
@@ -187,7 +187,7 @@ fn write_with_retries(
     }
 }
 
-fn write(connection: &mut Connection, batch: &[Box<SpendRecord>]) -> anyhow::Result<()> {
+fn write(connection: &mut Connection, batch: &[SpendRecord]) -> anyhow::Result<()> {
     let tx = connection.transaction()?;
     {
         let mut insert = tx.prepare_cached(

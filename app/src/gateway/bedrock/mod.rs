@@ -10,7 +10,7 @@ mod response;
 mod sigv4;
 mod stream;
 
-pub use self::event_stream::{Event, EventStreamDecoder, EventStreamError};
+pub use self::event_stream::EventStreamDecoder;
 pub use self::request::to_converse_request;
 pub use self::response::to_openai_completion;
 pub use self::sigv4::{AwsCredentials, sign};
