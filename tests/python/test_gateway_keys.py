@@ -48,10 +48,27 @@ class Upstream(BaseHTTPRequestHandler):
         try:
             if name.startswith("slow"):
                 time.sleep(0.4)
+            if name.startswith("stuck"):
+                time.sleep(3)
+            if name.startswith("cut"):
+                self.cut_stream()
+                return
             self.answer(name, body)
         finally:
             with Upstream.lock:
                 Upstream.in_flight[name] -= 1
+
+    def cut_stream(self):
+        """Promises a long stream, sends one chunk, and drops the connection."""
+        chunk = json.dumps({"id": "chatcmpl-cut", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                            "choices": [{"index": 0, "delta": {"content": "partial"}, "finish_reason": None}]})
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("content-length", "100000")
+        self.end_headers()
+        self.wfile.write(f"data: {chunk}\n\n".encode())
+        self.wfile.flush()
+        self.close_connection = True
 
     def answer(self, name: str, body: dict):
         usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
@@ -344,3 +361,25 @@ def test_a_locked_database_never_stalls_requests_and_the_rows_arrive_later(gatew
     dropped = [line for line in httpx.get(url + "/metrics").text.splitlines()
                if line.startswith("agentbox_spend_log_dropped_total")]
     assert dropped == ["agentbox_spend_log_dropped_total 0"], dropped
+
+
+def test_a_hanging_upstream_times_out_and_is_retried_then_a_cut_stream_is_not(upstream, tmp_path_factory):
+    config = ("model_list:\n"
+              + deployment("stuck", upstream, "stuck", ", timeout: 0.5")
+              + deployment("cut", upstream, "cut")
+              + "router_settings: {num_retries: 2}\n")
+    with gateway_server(tmp_path_factory.mktemp("faults"), config) as url:
+        client = sdk(url, "unused")
+        started = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as timed_out:
+            ask(client, "stuck")
+        assert timed_out.value.status_code == 504 and "timed out" in str(timed_out.value)
+        assert time.monotonic() - started < 2.5
+        assert Upstream.hits["stuck"] == 3  # the first try and num_retries more
+
+        received = []
+        with pytest.raises((openai.APIError, httpx.HTTPError)):
+            for chunk in ask(client, "cut", stream=True):
+                received.append(chunk.choices[0].delta.content if chunk.choices else None)
+        assert received == ["partial"]
+        assert Upstream.hits["cut"] == 1  # a started stream is never retried
