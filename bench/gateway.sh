@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gateway overhead: agentbox vs LiteLLM's proxy, side by side, in front of the same instant
 # upstream (nginx answering a fixed chat completion or a fixed stream), with the same load
-# generators (Debian's wrk for the maximum rate, hey for latency at fixed rates).
+# generators (Debian's wrk for the maximum rate; hey, and wrk with Poisson-paced requests,
+# for latency at fixed rates).
 # Both proxies read the same LiteLLM config.yaml, master key included (LiteLLM refuses to
 # start without one, and both then check it on every request).
 # Usage: bench/gateway.sh AGENTBOX_BIN [SECONDS]   (installs litellm[proxy] into .venv-bench)
@@ -67,6 +68,10 @@ for mode in json sse; do
   body="{\"model\":\"$model\",\"stream\":$stream,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}"
   echo "$body" > "$work/body.json"
   printf 'wrk.method = "POST"\nwrk.body = [[%s]]\nwrk.headers["Content-Type"] = "application/json"\nwrk.headers["Authorization"] = "Bearer %s"\n' "$body" "$key" > "$work/post.lua"
+  { cat "$work/post.lua"
+    printf 'local per_conn = tonumber(os.getenv("RATE_PER_CONN") or "100")\n'
+    printf 'function delay() return -math.log(1 - math.random()) * 1000 / per_conn end\n'
+  } > "$work/paced.lua"
   for target in direct agentbox litellm; do
     case $target in
       direct) url=http://127.0.0.1:$up/$mode/v1/chat/completions ;;
@@ -80,6 +85,11 @@ for mode in json sse; do
       hey -z ${secs}s -c 20 -q $((rate / 20)) -m POST -T application/json -A "*/*" \
         -H "Authorization: Bearer $key" -D "$work/body.json" "$url" \
         > "$out/hey-$mode-$target-$rate.txt" 2>&1 || true
+      # The same rate with Poisson arrivals: each connection waits an exponentially
+      # distributed time before each request (hey's workers tick in step, so its rate
+      # arrives as bursts of 20 at once).
+      RATE_PER_CONN=$((rate / 20)) wrk -t1 -c20 -d${secs}s --latency -s "$work/paced.lua" "$url" \
+        > "$out/paced-$mode-$target-$rate.txt" 2>&1 || true
     done
   done
 done

@@ -19,6 +19,18 @@ def ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "secs": 1000.0}[unit]
 
 
+def paced(mode, target, rate):
+    """wrk --latency with Poisson-paced requests: p50, p99 (ms), achieved rate, errors."""
+    text = (out / f"paced-{mode}-{target}-{rate}.txt").read_text()
+    found = {}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        found[pct] = ms(*m.groups()) if m else float("nan")
+    got = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return found["50"], found["99"], float(got.group(1)) if got else 0.0, int(errors.group(1)) if errors else 0
+
+
 def hey(mode, target, rate):
     text = (out / f"hey-{mode}-{target}-{rate}.txt").read_text()
     found = {}
@@ -50,5 +62,19 @@ for mode, title in (("json", "non-streaming"), ("sse", "streaming")):
             if bad:
                 cell += f", {bad} errors"
             cells.append(cell)
-        label = "one connection, back to back" if rate == "seq" else f"{rate:,} requests/s offered (20 connections)"
+        label = "one connection, back to back" if rate == "seq" else f"{rate:,} requests/s offered (hey, 20 connections)"
         print(f"| {label} | {' | '.join(cells)} |")
+    for rate in (200, 1000, 2000):
+        cells = []
+        base = paced(mode, "direct", rate)
+        for target in ("direct", "agentbox", "litellm"):
+            p50, p99, achieved, bad = paced(mode, target, rate)
+            cell = f"p50 {p50:.2f} / p99 {p99:.2f} ms"
+            if target != "direct":
+                cell += f" (+{p50 - base[0]:.2f} / +{p99 - base[1]:.2f})"
+            if achieved < rate * 0.9:
+                cell += f", only {achieved:,.0f}/s"
+            if bad:
+                cell += f", {bad} errors"
+            cells.append(cell)
+        print(f"| {rate:,} requests/s, Poisson arrivals (wrk, 20 connections) | {' | '.join(cells)} |")

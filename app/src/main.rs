@@ -28,6 +28,11 @@ use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
+
+/// mimalloc: the gateway's many small per-request allocations cost less than in glibc's
+/// allocator, and its tail latency is steadier under load (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::models::ModelRegistry;
 use crate::state::AppState;
 

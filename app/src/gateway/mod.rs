@@ -28,6 +28,9 @@ pub use self::litellm::{Deployment, LiteLlmConfig};
 pub use self::upstream::forward;
 use crate::pricing::PriceTable;
 
+/// The OpenAI routes the gateway forwards, in the order of `Gateway::endpoints`.
+const ROUTES: [&str; 3] = ["/chat/completions", "/completions", "/embeddings"];
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     crate::clock::unix_ms().div_euclid(1000)
@@ -61,6 +64,8 @@ pub struct Gateway {
     /// Routing's view of each deployment, and its price per token, by deployment id.
     stats: Vec<routing::DeploymentStats>,
     price_per_token: Vec<f64>,
+    /// OpenAI-compatible deployments' URLs for `ROUTES`, by deployment id, parsed once.
+    endpoints: HashMap<usize, Vec<reqwest::Url>>,
 }
 
 impl Gateway {
@@ -102,6 +107,17 @@ impl Gateway {
                 .unwrap_or_else(|| prices.price(&d.upstream_model, false, today))
                 .per_token();
         }
+        let endpoints = config
+            .deployments
+            .iter()
+            .filter_map(|d| {
+                let urls: Result<Vec<_>, _> = ROUTES
+                    .iter()
+                    .map(|path| upstream::endpoint(d, path))
+                    .collect();
+                Some((d.id, urls.ok()?))
+            })
+            .collect();
         let client = reqwest::Client::builder()
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build()?;
@@ -126,6 +142,7 @@ impl Gateway {
                     .map(|_| routing::DeploymentStats::default())
                     .collect(),
                 price_per_token,
+                endpoints,
             },
             warnings,
         ))
@@ -171,6 +188,12 @@ impl Gateway {
     /// The deployments behind a gateway model name.
     pub fn group(&self, model: &str) -> Option<&[Deployment]> {
         self.groups.get(model).map(Vec::as_slice)
+    }
+
+    /// The deployment's parsed URL for `path`, if it is one of `ROUTES`.
+    fn endpoint(&self, deployment: &Deployment, path: &str) -> Option<&reqwest::Url> {
+        let index = ROUTES.iter().position(|r| *r == path)?;
+        self.endpoints.get(&deployment.id)?.get(index)
     }
 
     fn stats(&self, deployment: &Deployment) -> Option<&routing::DeploymentStats> {

@@ -155,19 +155,25 @@ fn build_request(
     if let Some(model) = body.get_mut("model") {
         *model = Value::String(deployment.upstream_model.clone());
     }
-    let base = deployment
-        .api_base
-        .as_deref()
-        .unwrap_or("https://api.openai.com/v1");
-    let mut request = gateway
-        .client
-        .post(format!("{base}{path}"))
-        .timeout(timeout)
-        .json(body);
+    let url = match gateway.endpoint(deployment, path) {
+        Some(url) => url.clone(),
+        None => endpoint(deployment, path)?,
+    };
+    let mut request = gateway.client.post(url).timeout(timeout).json(body);
     if let Some(key) = &deployment.api_key {
         request = request.bearer_auth(key);
     }
     Ok(request)
+}
+
+/// An OpenAI-compatible deployment's URL for `path` (`/chat/completions`, ...).
+pub(super) fn endpoint(deployment: &Deployment, path: &str) -> Result<reqwest::Url, String> {
+    let base = deployment
+        .api_base
+        .as_deref()
+        .unwrap_or("https://api.openai.com/v1");
+    reqwest::Url::parse(&format!("{base}{path}"))
+        .map_err(|e| format!("model {:?}: bad api_base: {e}", deployment.model_name))
 }
 
 /// A Converse call, signed with SigV4 over the exact bytes sent.
@@ -485,7 +491,15 @@ async fn answer(
     upstream_time: &mut Duration,
 ) -> Response {
     let model = group.first().map_or("", |d| d.model_name.as_str());
-    let (mut response, outcome) = attempt(gateway, group, path, body.clone(), upstream_time).await;
+    let may_fall_back = gateway.fallbacks.contains_key(model)
+        || gateway.context_window_fallbacks.contains_key(model);
+    // Most groups have no fallbacks: then the body is not copied.
+    let (first_body, body) = if may_fall_back {
+        (body.clone(), body)
+    } else {
+        (body, Value::Null)
+    };
+    let (mut response, outcome) = attempt(gateway, group, path, first_body, upstream_time).await;
     let fallbacks = match outcome {
         Outcome::Answered => None,
         Outcome::ContextWindow => gateway.context_window_fallbacks.get(model),

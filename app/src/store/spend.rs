@@ -17,6 +17,9 @@ use super::Store;
 const QUEUE_CAPACITY: usize = 50_000;
 /// Rows per transaction at most.
 const BATCH_ROWS: usize = 2_000;
+/// How long the writer gathers rows after the first before it commits: one transaction
+/// (one WAL append, one wake-up) for every call in that window.
+const GATHER: Duration = Duration::from_millis(50);
 /// Waits between the tries of a failing batch.
 const RETRY_DELAYS: &[Duration] = &[
     Duration::from_millis(100),
@@ -129,8 +132,10 @@ fn run(mut connection: Connection, receiver: Receiver<Message>, dropped: prometh
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        while batch.len() < BATCH_ROWS {
-            match receiver.try_recv() {
+        let deadline = Instant::now() + GATHER;
+        while batch.len() < BATCH_ROWS && flushes.is_empty() {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(wait) {
                 Ok(message) => take(message, &mut batch, &mut flushes),
                 Err(_) => break,
             }
