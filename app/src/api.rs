@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::{anthropic, conversations, gateway, gpu, openai, ui_assets};
+use crate::{anthropic, conversations, gateway, gpu, openai, traces, ui_assets};
 
 /// Request bodies larger than this are refused (413).
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -56,7 +56,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/conversations", conversations)
         .route("/gpu", get(gpu::api::status))
         .route("/gpu/history", get(gpu::api::history))
-        .route_layer(key);
+        .route_layer(key)
+        .merge(langfuse_api());
     Router::new()
         .nest("/v1", v1)
         .nest("/api", ui_api)
@@ -65,10 +66,31 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        // OTLP's default path, for exporters pointed at agentbox as a collector.
+        .route("/v1/traces", post(traces::api::otel_traces))
         .fallback(ui_assets::serve)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Langfuse's public API under `/api/public`; each handler checks the project's Basic
+/// credentials itself.
+fn langfuse_api() -> Router<AppState> {
+    use traces::{api, read_api};
+    Router::new()
+        .route("/public/ingestion", post(api::ingestion))
+        .route("/public/otel/v1/traces", post(api::otel_traces))
+        .route("/public/scores", post(api::create_scores))
+        .route("/public/projects", get(api::projects))
+        .route("/public/health", get(api::health))
+        .route("/public/traces", get(read_api::list_traces))
+        .route("/public/traces/{id}", get(read_api::get_trace))
+        .route("/public/observations", get(read_api::list_observations))
+        .route("/public/observations/{id}", get(read_api::get_observation))
+        .route("/public/sessions", get(read_api::list_sessions))
+        .route("/public/sessions/{id}", get(read_api::get_session))
+        .route("/public/metrics/daily", get(read_api::daily_metrics))
 }
 
 async fn health() -> &'static str {

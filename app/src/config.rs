@@ -27,6 +27,38 @@ pub struct RawConfig {
     pub gateway: Option<RawGatewayConfig>,
     /// Prices per token, checked before the built-in ones (`pricing.rs`).
     pub pricing: Option<Vec<crate::pricing::RawPrice>>,
+    pub traces: Option<RawTracesConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracesConfig {
+    /// Trace every inference call automatically (default true).
+    pub enabled: Option<bool>,
+    /// Keep request and response bodies in automatic traces (default true).
+    pub record_bodies: Option<bool>,
+    /// Traces older than this many days are deleted (default 30; 0 keeps them forever).
+    pub retention_days: Option<u64>,
+    /// Langfuse projects and their keys (HTTP Basic `public_key:secret_key`).
+    pub projects: Option<Vec<ProjectConfig>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    pub id: String,
+    pub name: Option<String>,
+    pub public_key: String,
+    pub secret_key: String,
+}
+
+/// The checked `traces:` section.
+#[derive(Debug, Clone)]
+pub struct TracesConfig {
+    pub enabled: bool,
+    pub record_bodies: bool,
+    pub retention: Option<std::time::Duration>,
+    pub projects: Vec<ProjectConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +209,7 @@ pub struct Config {
     pub litellm: Option<std::sync::Arc<crate::gateway::LiteLlmConfig>>,
     pub master_key: Option<String>,
     pub pricing: Vec<crate::pricing::RawPrice>,
+    pub traces: TracesConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -342,8 +375,34 @@ impl Config {
             litellm,
             master_key,
             pricing: raw.pricing.unwrap_or_default(),
+            traces: resolve_traces(raw.traces.unwrap_or_default())?,
         })
     }
+}
+
+fn resolve_traces(raw: RawTracesConfig) -> anyhow::Result<TracesConfig> {
+    let projects = raw.projects.unwrap_or_default();
+    for (i, p) in projects.iter().enumerate() {
+        if p.id.trim().is_empty()
+            || p.public_key.trim().is_empty()
+            || p.secret_key.trim().is_empty()
+        {
+            bail!("traces.projects[{i}]: id, public_key and secret_key must not be empty");
+        }
+        if projects[..i]
+            .iter()
+            .any(|q| q.public_key == p.public_key || q.id == p.id)
+        {
+            bail!("traces.projects[{i}]: id and public_key must be unique");
+        }
+    }
+    let days = raw.retention_days.unwrap_or(30);
+    Ok(TracesConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        record_bodies: raw.record_bodies.unwrap_or(true),
+        retention: (days > 0).then(|| std::time::Duration::from_secs(days.saturating_mul(86_400))),
+        projects,
+    })
 }
 
 fn resolve_gpu(raw: RawGpuConfig) -> anyhow::Result<GpuConfig> {

@@ -16,6 +16,7 @@ mod pricing;
 mod sse;
 mod state;
 mod store;
+mod traces;
 mod ui_assets;
 
 use std::path::PathBuf;
@@ -173,7 +174,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("starting the GPU monitor")?;
     let metrics = Arc::new(metrics::Metrics::new()?);
-    let prices = pricing::PriceTable::new(&config.pricing).context("pricing")?;
+    let prices = Arc::new(pricing::PriceTable::new(&config.pricing).context("pricing")?);
     let gateway = match &config.litellm {
         Some(litellm) => {
             let (gateway, unsupported) =
@@ -191,11 +192,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("a master key guards /v1");
     }
     let keys = gateway::keys::KeyRegistry::new(store.load_keys().await?);
-    let spend_writer = store::SpendWriter::start(&config.data_dir, metrics.registry())?;
+    let writer = store::Writer::start(&config.data_dir, prices.clone(), metrics.registry())?;
     let ledger = gateway::Ledger::new(
         keys,
         prices,
-        spend_writer.clone(),
+        writer.clone(),
         config.master_key.as_deref(),
         metrics.registry(),
     )?;
@@ -207,7 +208,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         gateway,
         master_key: config.master_key.clone().map(Arc::from),
         ledger,
+        tracing: Arc::new(traces::Tracing::new(
+            config.traces.clone(),
+            config.master_key.clone(),
+        )),
     };
+    if let Some(retention) = config.traces.retention {
+        traces::retention::start(store.clone(), retention)?;
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
@@ -281,11 +289,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || gpu.shutdown())
         .await
         .context("stopping the GPU monitor")?;
-    let flushed = tokio::task::spawn_blocking(move || spend_writer.flush(Duration::from_secs(10)))
+    let flushed = tokio::task::spawn_blocking(move || writer.flush(Duration::from_secs(10)))
         .await
         .unwrap_or(false);
     if !flushed {
-        tracing::warn!("the spend log could not be flushed before exit");
+        tracing::warn!("the store's writer could not be flushed before exit");
     }
     if let Some(error) = load_error.lock().take() {
         return Err(error);

@@ -22,6 +22,8 @@ pub struct AppState {
     pub master_key: Option<Arc<str>>,
     /// Virtual keys, prices and spend: every inference call is metered through it.
     pub ledger: Arc<Ledger>,
+    /// Langfuse projects and the automatic-trace settings.
+    pub tracing: Arc<crate::traces::Tracing>,
 }
 
 impl AppState {

@@ -160,6 +160,12 @@ impl VirtualKey {
         }
     }
 
+    /// Whether the key's metadata asks that its calls' bodies stay out of traces
+    /// (`{"redact_bodies": true}`).
+    pub fn redacts_bodies(&self) -> bool {
+        self.state.lock().stored.metadata["redact_bodies"] == serde_json::Value::Bool(true)
+    }
+
     pub fn alias(&self) -> Option<String> {
         self.state.lock().stored.key_alias.clone()
     }

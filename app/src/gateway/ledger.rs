@@ -9,12 +9,12 @@ use prometheus::{CounterVec, IntCounterVec, Opts, Registry};
 use super::keys::{KeyPermit, KeyRegistry};
 use super::usage::Usage;
 use crate::pricing::{Price, PriceTable};
-use crate::store::{SpendRecord, SpendWriter};
+use crate::store::{SpendRecord, Writer};
 
 pub struct Ledger {
     pub keys: KeyRegistry,
-    pub prices: PriceTable,
-    pub writer: SpendWriter,
+    pub prices: Arc<PriceTable>,
+    pub writer: Writer,
     /// The SHA-256 of the master key, logged as the `api_key` of its calls.
     pub master_token: Option<String>,
     spend: CounterVec,
@@ -67,8 +67,8 @@ pub struct Finished<'a> {
 impl Ledger {
     pub fn new(
         keys: KeyRegistry,
-        prices: PriceTable,
-        writer: SpendWriter,
+        prices: Arc<PriceTable>,
+        writer: Writer,
         master_key: Option<&str>,
         registry: &Registry,
     ) -> anyhow::Result<Arc<Self>> {
@@ -105,8 +105,8 @@ impl Ledger {
         }))
     }
 
-    /// Prices a finished call and records it everywhere spend is kept.
-    pub fn record(&self, call: Finished<'_>) {
+    /// Prices a finished call and records it everywhere spend is kept; returns its cost.
+    pub fn record(&self, call: Finished<'_>) -> f64 {
         let now_secs = call.end_ms.div_euclid(1000);
         let local = call.served.is_none();
         let answered_by = call
@@ -145,7 +145,7 @@ impl Ledger {
         self.output_tokens
             .with_label_values(&labels)
             .inc_by(call.usage.output_tokens);
-        self.writer.record(SpendRecord {
+        self.writer.record_spend(SpendRecord {
             request_id: call.request_id,
             call_type: call.call_type.to_string(),
             api_key: call.api_key,
@@ -167,5 +167,6 @@ impl Ledger {
             request_tags: call.tags,
             key_spend,
         });
+        cost
     }
 }

@@ -1,7 +1,8 @@
 //! The middleware on every inference route (`/v1/chat/completions`, `/v1/completions`,
 //! `/v1/embeddings`, `/v1/messages`): admits the call on the caller's virtual key, sends
 //! gateway models upstream and the rest to the local handlers, and meters the answer as
-//! it passes (usage, cost, spend) without holding streams back.
+//! it passes (usage, cost, spend, and the call's automatic trace) without holding streams
+//! back.
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use super::ledger::{Finished, Ledger, Served};
 use super::usage::UsageScan;
 use crate::error::AppError;
 use crate::state::AppState;
+use crate::traces::auto::{self, CallOutcome, CallTrace};
 
 /// The largest body read to find its `model` (as the server's own limit).
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -113,6 +115,9 @@ struct Call {
     api_key: String,
     permit: Option<KeyPermit>,
     start_ms: i64,
+    /// The call's automatic trace, unless tracing is off.
+    trace: Option<CallTrace>,
+    streamed: bool,
 }
 
 impl Call {
@@ -123,23 +128,49 @@ impl Call {
         {
             gateway.record_tokens(deployment, usage.total());
         }
-        self.ledger.record(Finished {
-            request_id: scan
-                .response_id
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        let request_id = scan
+            .response_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let key_alias = self.permit.as_ref().and_then(|p| p.key().alias());
+        let end_ms = crate::clock::unix_ms();
+        let cost = self.ledger.record(Finished {
+            request_id: request_id.clone(),
             call_type: call_type(self.path),
             requested_model: &self.model,
             served,
             usage,
             status,
             start_ms: self.start_ms,
-            end_ms: crate::clock::unix_ms(),
+            end_ms,
             user: self.user,
             tags: self.tags,
             api_key: self.api_key,
             permit: self.permit.as_ref(),
         });
+        if let Some(trace) = self.trace {
+            let events = auto::events(
+                trace,
+                CallOutcome {
+                    model: served.map_or(self.model.as_str(), |s| s.model.as_str()),
+                    provider: served.map_or("agentbox", |s| s.provider.as_str()),
+                    api_base: served.map_or("", |s| s.api_base.as_str()),
+                    start_ms: self.start_ms,
+                    end_ms,
+                    first_piece_ms: scan.first_piece_ms,
+                    streamed: self.streamed,
+                    input_tokens: usage.input_tokens,
+                    output_tokens: usage.output_tokens,
+                    cost,
+                    status,
+                    output: scan.output.clone(),
+                    cache_hit: served.is_some_and(|s| s.cache_hit),
+                    key_alias,
+                    request_id: &request_id,
+                },
+            );
+            self.ledger.writer.record_traces(events);
+        }
     }
 }
 
@@ -217,6 +248,27 @@ pub async fn meter(State(state): State<AppState>, request: Request, next: Next) 
                 .collect()
         })
         .unwrap_or_default();
+    // `metadata` is agentbox's (LiteLLM's), not the model's: it does not go on, except
+    // on Anthropic's API, where it is Anthropic's own field.
+    let rewritten = strip_usage || (!anthropic && body.contains_key("metadata"));
+    let redact = matches!(&caller, Some(Caller::Virtual(key)) if key.redacts_bodies());
+    let tracing = &state.tracing.config;
+    let record_bodies = tracing.record_bodies && !redact;
+    let trace = if tracing.enabled {
+        Some(CallTrace::from_request(
+            path,
+            &mut body,
+            &parts.headers,
+            record_bodies,
+            anthropic,
+        ))
+    } else {
+        if !anthropic {
+            body.remove("metadata");
+        }
+        None
+    };
+    let capture = trace.is_some() && record_bodies;
     let call = Call {
         ledger: state.ledger.clone(),
         gateway: state.gateway.clone(),
@@ -227,6 +279,8 @@ pub async fn meter(State(state): State<AppState>, request: Request, next: Next) 
         api_key,
         permit,
         start_ms,
+        trace,
+        streamed: stream,
     };
     let body = Value::Object(body);
     let group = state
@@ -237,7 +291,7 @@ pub async fn meter(State(state): State<AppState>, request: Request, next: Next) 
     let response = match group {
         Some((gateway, group)) => super::upstream::forward(&gateway, group, path, body).await,
         None => {
-            let bytes = if strip_usage {
+            let bytes = if rewritten {
                 match serde_json::to_vec(&body) {
                     Ok(rewritten) => Bytes::from(rewritten),
                     Err(_) => bytes,
@@ -249,12 +303,12 @@ pub async fn meter(State(state): State<AppState>, request: Request, next: Next) 
                 .await
         }
     };
-    metered(response, call, strip_usage).await
+    metered(response, call, strip_usage, capture).await
 }
 
 /// The answer, passed on as it comes, with its usage recorded when it ends (or when the
 /// client goes away).
-async fn metered(response: Response, call: Call, strip_usage: bool) -> Response {
+async fn metered(response: Response, call: Call, strip_usage: bool, capture: bool) -> Response {
     let status = response.status().as_u16();
     let served = response.extensions().get::<Served>().cloned();
     let streaming = response
@@ -265,6 +319,9 @@ async fn metered(response: Response, call: Call, strip_usage: bool) -> Response 
     if !streaming {
         // Whole answers are already in memory: read them at once, keep their length.
         let mut scan = UsageScan::new(false, false);
+        if capture {
+            scan = scan.capturing();
+        }
         let Ok(bytes) = axum::body::to_bytes(body, MAX_ANSWER_BYTES).await else {
             call.finish(&scan, StatusCode::BAD_GATEWAY.as_u16(), served.as_ref());
             return AppError::Internal(anyhow::anyhow!("an answer could not be read"))
@@ -275,8 +332,12 @@ async fn metered(response: Response, call: Call, strip_usage: bool) -> Response 
         call.finish(&scan, status, served.as_ref());
         return Response::from_parts(parts, Body::from(bytes));
     }
+    let mut scan = UsageScan::new(true, strip_usage);
+    if capture {
+        scan = scan.capturing();
+    }
     let mut meter = StreamMeter {
-        scan: UsageScan::new(true, strip_usage),
+        scan,
         call: Some(call),
         status,
         served,

@@ -2,7 +2,8 @@
 //! `usage` objects, in whole JSON bodies and in SSE streams (Anthropic's `message_start`
 //! and `message_delta`, OpenAI's final usage chunk). When the gateway asked for usage on a
 //! stream only for its own accounting, the usage-only chunk is taken out again, so the
-//! client gets the stream it asked for.
+//! client gets the stream it asked for. With `capture`, it also keeps the answer itself
+//! (the message, or a stream's text put back together) for the call's trace.
 
 use axum::body::Bytes;
 use serde_json::Value;
@@ -32,6 +33,12 @@ pub struct UsageScan {
     pub usage: Option<Usage>,
     /// The answer's `id` (`chatcmpl-...`, `msg_...`), if it has one.
     pub response_id: Option<String>,
+    capture: bool,
+    /// With `capture`: the answer (a whole body's message, or a stream's text).
+    pub output: Option<Value>,
+    streamed_text: String,
+    /// When the first piece of a stream passed (Unix ms), for time to first token.
+    pub first_piece_ms: Option<i64>,
 }
 
 impl UsageScan {
@@ -43,11 +50,24 @@ impl UsageScan {
             dropped_line: false,
             usage: None,
             response_id: None,
+            capture: false,
+            output: None,
+            streamed_text: String::new(),
+            first_piece_ms: None,
         }
+    }
+
+    /// Also keeps the answer's content (for traces).
+    pub fn capturing(mut self) -> Self {
+        self.capture = true;
+        self
     }
 
     /// Takes the next piece of the body; returns what to pass on to the client now.
     pub fn push(&mut self, bytes: Bytes) -> Bytes {
+        if self.first_piece_ms.is_none() && !bytes.is_empty() {
+            self.first_piece_ms = Some(crate::clock::unix_ms());
+        }
         if !self.stream {
             if self.pending.len() + bytes.len() <= MAX_WHOLE_BYTES {
                 self.pending.extend_from_slice(&bytes);
@@ -92,11 +112,17 @@ impl UsageScan {
             let whole = std::mem::take(&mut self.pending);
             if let Ok(value) = serde_json::from_slice::<Value>(&whole) {
                 self.take(&value);
+                if self.capture {
+                    self.output = answer(&value);
+                }
             }
             return Bytes::new();
         }
         let rest = std::mem::take(&mut self.pending);
         self.read_line(&rest);
+        if self.capture && !self.streamed_text.is_empty() {
+            self.output = Some(Value::String(std::mem::take(&mut self.streamed_text)));
+        }
         if self.strip_usage_chunk {
             Bytes::from(rest)
         } else {
@@ -109,8 +135,8 @@ impl UsageScan {
         let Some(payload) = line.strip_prefix(b"data:") else {
             return false;
         };
-        // Most chunks carry no usage: parse only those that might.
-        let might = self.response_id.is_none() || contains(payload, b"\"usage\"");
+        // Most chunks carry no usage: parse only those that might (or all, to capture).
+        let might = self.capture || self.response_id.is_none() || contains(payload, b"\"usage\"");
         if !might {
             return false;
         }
@@ -118,6 +144,16 @@ impl UsageScan {
             return false;
         };
         self.take(&value);
+        if self.capture {
+            // OpenAI chunks (`choices[0].delta.content`, `choices[0].text`), Anthropic deltas.
+            let piece = value["choices"][0]["delta"]["content"]
+                .as_str()
+                .or_else(|| value["choices"][0]["text"].as_str())
+                .or_else(|| value["delta"]["text"].as_str());
+            if let Some(piece) = piece {
+                self.streamed_text.push_str(piece);
+            }
+        }
         value["usage"].is_object() && value["choices"].as_array().is_some_and(Vec::is_empty)
     }
 
@@ -142,6 +178,24 @@ impl UsageScan {
             }
         }
     }
+}
+
+/// A whole answer's content: the chat message, the completion text, Anthropic's content
+/// blocks, or (embeddings) how many vectors came back.
+fn answer(value: &Value) -> Option<Value> {
+    let choice = &value["choices"][0];
+    if choice["message"].is_object() {
+        return Some(choice["message"].clone());
+    }
+    if let Some(text) = choice["text"].as_str() {
+        return Some(Value::from(text));
+    }
+    if value["content"].is_array() {
+        return Some(value["content"].clone());
+    }
+    value["data"]
+        .as_array()
+        .map(|data| serde_json::json!({"embeddings": data.len()}))
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -78,6 +78,83 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX spend_logs_by_time ON spend_logs(start_time);
     CREATE INDEX spend_logs_by_key ON spend_logs(api_key, start_time);
     CREATE INDEX spend_logs_by_request ON spend_logs(request_id);",
+    // 4: traces, observations and scores (Langfuse's model), and ingested event ids.
+    "CREATE TABLE traces (
+        project_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        timestamp INTEGER NOT NULL,
+        name TEXT,
+        user_id TEXT,
+        session_id TEXT,
+        release TEXT,
+        version TEXT,
+        environment TEXT,
+        tags TEXT,
+        input TEXT,
+        output TEXT,
+        metadata TEXT,
+        public INTEGER,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (project_id, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX traces_by_time ON traces(project_id, timestamp);
+    CREATE INDEX traces_by_user ON traces(project_id, user_id, timestamp);
+    CREATE INDEX traces_by_session ON traces(project_id, session_id, timestamp);
+    CREATE TABLE observations (
+        project_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        trace_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        parent_observation_id TEXT,
+        name TEXT,
+        start_time INTEGER NOT NULL,
+        end_time INTEGER,
+        completion_start_time INTEGER,
+        model TEXT,
+        model_parameters TEXT,
+        input TEXT,
+        output TEXT,
+        metadata TEXT,
+        level TEXT,
+        status_message TEXT,
+        version TEXT,
+        environment TEXT,
+        usage_input INTEGER,
+        usage_output INTEGER,
+        usage_total INTEGER,
+        usage_details TEXT,
+        cost_details TEXT,
+        provided_cost REAL,
+        calculated_input_cost REAL,
+        calculated_output_cost REAL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (project_id, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX observations_by_trace ON observations(project_id, trace_id, start_time);
+    CREATE INDEX observations_by_time ON observations(project_id, start_time);
+    CREATE TABLE scores (
+        project_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        trace_id TEXT,
+        observation_id TEXT,
+        session_id TEXT,
+        name TEXT NOT NULL,
+        value REAL,
+        string_value TEXT,
+        data_type TEXT NOT NULL,
+        comment TEXT,
+        source TEXT NOT NULL,
+        timestamp INTEGER NOT NULL,
+        metadata TEXT,
+        PRIMARY KEY (project_id, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX scores_by_trace ON scores(project_id, trace_id);
+    CREATE TABLE ingested_events (
+        project_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (project_id, id)
+    ) WITHOUT ROWID;",
 ];
 
 pub fn run(connection: &mut Connection) -> anyhow::Result<()> {

@@ -7,10 +7,17 @@ mod gpu_history;
 mod keys;
 mod migrations;
 mod spend;
+mod traces;
+mod writer;
 
 pub use conversations::{Conversation, ConversationWithMessages, StoredMessage};
 pub use keys::{DuplicateAlias, StoredKey};
-pub use spend::{SpendFilter, SpendRecord, SpendWriter};
+pub use spend::{SpendFilter, SpendRecord};
+pub use traces::{
+    Ingest, ObservationFilter, ObservationUpsert, ScoreUpsert, StoredObservation, StoredScore,
+    StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
+};
+pub use writer::{IngestError, Writer};
 
 use std::path::Path;
 use std::sync::Arc;

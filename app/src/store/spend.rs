@@ -1,31 +1,11 @@
 //! The spend log: one row per gateway request (tokens, cost, key, model, timing), written
-//! by `SpendWriter`'s own thread in batches over its own connection, so a slow disk never
-//! stalls a request. The queue is bounded: when it is full, or a batch still fails after
-//! retries, rows are dropped and counted (`agentbox_spend_log_dropped_total`), so memory
-//! never grows without bound. Keys' running spend is written in the same transaction.
-
-use std::path::Path;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::{Duration, Instant};
+//! off the request path by the store's writer thread (`writer.rs`), with keys' running
+//! spend in the same transaction; and its reads for `GET /spend/logs`.
 
 use anyhow::Context;
-use rusqlite::{Connection, params};
+use rusqlite::{Transaction, params};
 
 use super::Store;
-
-/// Rows waiting for the writer at most; past this, new rows are dropped.
-const QUEUE_CAPACITY: usize = 50_000;
-/// Rows per transaction at most.
-const BATCH_ROWS: usize = 2_000;
-/// How long the writer gathers rows after the first before it commits: one transaction
-/// (one WAL append, one wake-up) for every call in that window.
-const GATHER: Duration = Duration::from_millis(50);
-/// Waits between the tries of a failing batch.
-const RETRY_DELAYS: &[Duration] = &[
-    Duration::from_millis(100),
-    Duration::from_millis(500),
-    Duration::from_secs(2),
-];
 
 /// One request's spend. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,135 +45,8 @@ pub struct SpendFilter {
     pub limit: usize,
 }
 
-enum Message {
-    Record(Box<SpendRecord>),
-    Flush(mpsc::Sender<()>),
-}
-
-#[derive(Clone)]
-pub struct SpendWriter {
-    sender: SyncSender<Message>,
-    dropped: prometheus::IntCounter,
-}
-
-impl SpendWriter {
-    /// Starts the writer thread on its own connection to the store's database.
-    pub fn start(data_dir: &Path, registry: &prometheus::Registry) -> anyhow::Result<Self> {
-        let path = data_dir.join("agentbox.db");
-        let connection = Connection::open(&path)
-            .with_context(|| format!("opening {} for the spend writer", path.display()))?;
-        connection.busy_timeout(Duration::from_secs(5))?;
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
-        let dropped = prometheus::IntCounter::new(
-            "agentbox_spend_log_dropped_total",
-            "Spend-log rows dropped because the writer's queue was full or the disk failed.",
-        )?;
-        registry.register(Box::new(dropped.clone()))?;
-        let (sender, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
-        let thread_dropped = dropped.clone();
-        std::thread::Builder::new()
-            .name("spend-writer".into())
-            .spawn(move || run(connection, receiver, thread_dropped))
-            .context("starting the spend writer")?;
-        Ok(Self { sender, dropped })
-    }
-
-    /// Queues a row without waiting; a full queue drops it (counted and logged).
-    pub fn record(&self, record: SpendRecord) {
-        match self.sender.try_send(Message::Record(Box::new(record))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                if self.dropped.get().is_multiple_of(1000) {
-                    tracing::warn!("spend log queue full: rows are being dropped");
-                }
-                self.dropped.inc();
-            }
-            Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
-        }
-    }
-
-    /// Waits (up to `timeout`) until every row queued before this call is written.
-    pub fn flush(&self, timeout: Duration) -> bool {
-        let (done, wait) = mpsc::channel();
-        if self.sender.send(Message::Flush(done)).is_err() {
-            return false;
-        }
-        wait.recv_timeout(timeout).is_ok()
-    }
-}
-
-fn run(mut connection: Connection, receiver: Receiver<Message>, dropped: prometheus::IntCounter) {
-    let mut batch: Vec<SpendRecord> = Vec::with_capacity(BATCH_ROWS);
-    let mut flushes = Vec::new();
-    loop {
-        // Block for the first message, then take what else is already queued.
-        match receiver.recv_timeout(Duration::from_secs(3600)) {
-            Ok(message) => take(message, &mut batch, &mut flushes),
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-        let deadline = Instant::now() + GATHER;
-        while batch.len() < BATCH_ROWS && flushes.is_empty() {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match receiver.recv_timeout(wait) {
-                Ok(message) => take(message, &mut batch, &mut flushes),
-                Err(_) => break,
-            }
-        }
-        if !batch.is_empty() {
-            write_with_retries(&mut connection, &batch, &dropped);
-            batch.clear();
-        }
-        for done in flushes.drain(..) {
-            let _ = done.send(());
-        }
-    }
-}
-
-fn take(message: Message, batch: &mut Vec<SpendRecord>, flushes: &mut Vec<mpsc::Sender<()>>) {
-    match message {
-        Message::Record(record) => batch.push(*record),
-        Message::Flush(done) => flushes.push(done),
-    }
-}
-
-fn write_with_retries(
-    connection: &mut Connection,
-    batch: &[SpendRecord],
-    dropped: &prometheus::IntCounter,
-) {
-    let started = Instant::now();
-    let mut delays = RETRY_DELAYS.iter();
-    loop {
-        match write(connection, batch) {
-            Ok(()) => {
-                tracing::trace!(
-                    rows = batch.len(),
-                    "spend rows written in {:?}",
-                    started.elapsed()
-                );
-                return;
-            }
-            Err(error) => match delays.next() {
-                Some(delay) => {
-                    tracing::warn!("writing spend rows failed, retrying: {error:#}");
-                    std::thread::sleep(*delay);
-                }
-                None => {
-                    tracing::error!(
-                        rows = batch.len(),
-                        "writing spend rows failed; dropping them: {error:#}"
-                    );
-                    dropped.inc_by(batch.len() as u64);
-                    return;
-                }
-            },
-        }
-    }
-}
-
-fn write(connection: &mut Connection, batch: &[SpendRecord]) -> anyhow::Result<()> {
-    let tx = connection.transaction()?;
+/// Inserts spend rows, and their keys' running spend, in the caller's transaction.
+pub(super) fn insert(tx: &Transaction<'_>, batch: &[SpendRecord]) -> anyhow::Result<()> {
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO spend_logs (request_id, call_type, api_key, key_alias, spend,
@@ -238,7 +91,7 @@ fn write(connection: &mut Connection, batch: &[SpendRecord]) -> anyhow::Result<(
             }
         }
     }
-    tx.commit().context("committing spend rows")
+    Ok(())
 }
 
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SpendRecord> {

@@ -1,0 +1,868 @@
+//! Traces, observations and scores (Langfuse's model) in SQLite: upserts that merge
+//! partial events (a field an event leaves out keeps its stored value), event-id dedupe,
+//! and the reads behind Langfuse's public API. Writes go through the store's writer
+//! thread (`writer.rs`), in one transaction per batch; times are Unix milliseconds.
+
+use anyhow::Context;
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde_json::Value;
+
+use crate::pricing::PriceTable;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TraceUpsert {
+    pub id: String,
+    pub timestamp: Option<i64>,
+    pub name: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub release: Option<String>,
+    pub version: Option<String>,
+    pub environment: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub metadata: Option<Value>,
+    pub public: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservationUpsert {
+    pub id: String,
+    pub trace_id: String,
+    /// `SPAN`, `GENERATION`, `EVENT`, `AGENT`, `TOOL`, ...; `None` keeps the stored type.
+    pub kind: Option<String>,
+    pub parent_observation_id: Option<String>,
+    pub name: Option<String>,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub completion_start_time: Option<i64>,
+    pub model: Option<String>,
+    pub model_parameters: Option<Value>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub metadata: Option<Value>,
+    pub level: Option<String>,
+    pub status_message: Option<String>,
+    pub version: Option<String>,
+    pub environment: Option<String>,
+    pub usage_input: Option<u64>,
+    pub usage_output: Option<u64>,
+    pub usage_total: Option<u64>,
+    pub usage_details: Option<Value>,
+    pub cost_details: Option<Value>,
+    /// A cost the client reported; wins over the price table's.
+    pub provided_cost: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScoreUpsert {
+    pub id: String,
+    pub trace_id: Option<String>,
+    pub observation_id: Option<String>,
+    pub session_id: Option<String>,
+    pub name: String,
+    pub value: Option<f64>,
+    pub string_value: Option<String>,
+    pub data_type: String,
+    pub comment: Option<String>,
+    pub source: String,
+    pub timestamp: i64,
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TraceEvent {
+    Trace(TraceUpsert),
+    Observation(Box<ObservationUpsert>),
+    Score(ScoreUpsert),
+}
+
+/// One event for a project; `event_id` dedupes (Langfuse's batch `id`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ingest {
+    pub project: String,
+    pub event_id: Option<String>,
+    pub event: TraceEvent,
+}
+
+fn json(value: &Option<Value>) -> Option<String> {
+    value.as_ref().map(Value::to_string)
+}
+
+fn count(n: Option<u64>) -> Option<i64> {
+    n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// Applies events in the caller's transaction. Returns, per event, whether it was new
+/// (false: its `event_id` was seen before, so it was skipped).
+pub(super) fn apply(
+    tx: &Transaction<'_>,
+    batch: &[Ingest],
+    prices: &PriceTable,
+    now: i64,
+) -> anyhow::Result<Vec<bool>> {
+    let mut seen = tx.prepare_cached(
+        "INSERT OR IGNORE INTO ingested_events (project_id, id, at) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut applied = Vec::with_capacity(batch.len());
+    for ingest in batch {
+        if let Some(event_id) = &ingest.event_id
+            && seen.execute(params![ingest.project, event_id, now])? == 0
+        {
+            applied.push(false);
+            continue;
+        }
+        match &ingest.event {
+            TraceEvent::Trace(t) => upsert_trace(tx, &ingest.project, t, now)?,
+            TraceEvent::Observation(o) => upsert_observation(tx, &ingest.project, o, prices, now)?,
+            TraceEvent::Score(s) => upsert_score(tx, &ingest.project, s)?,
+        }
+        applied.push(true);
+    }
+    Ok(applied)
+}
+
+fn upsert_trace(
+    tx: &Transaction<'_>,
+    project: &str,
+    t: &TraceUpsert,
+    now: i64,
+) -> anyhow::Result<()> {
+    let tags = t
+        .tags
+        .as_ref()
+        .map(|tags| Value::from(tags.clone()).to_string());
+    tx.prepare_cached(
+        "INSERT INTO traces (project_id, id, timestamp, name, user_id, session_id, release,
+            version, environment, tags, input, output, metadata, public, updated_at)
+         VALUES (?1, ?2, COALESCE(?3, ?15), ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+         ON CONFLICT (project_id, id) DO UPDATE SET
+            timestamp = COALESCE(?3, timestamp),
+            name = COALESCE(?4, name), user_id = COALESCE(?5, user_id),
+            session_id = COALESCE(?6, session_id), release = COALESCE(?7, release),
+            version = COALESCE(?8, version), environment = COALESCE(?9, environment),
+            tags = COALESCE(?10, tags), input = COALESCE(?11, input),
+            output = COALESCE(?12, output), metadata = COALESCE(?13, metadata),
+            public = COALESCE(?14, public), updated_at = ?15",
+    )?
+    .execute(params![
+        project,
+        t.id,
+        t.timestamp,
+        t.name,
+        t.user_id,
+        t.session_id,
+        t.release,
+        t.version,
+        t.environment,
+        tags,
+        json(&t.input),
+        json(&t.output),
+        json(&t.metadata),
+        t.public,
+        now
+    ])
+    .context("upserting a trace")?;
+    Ok(())
+}
+
+/// Makes sure a trace row exists for an observation or score that names one.
+fn ensure_trace(
+    tx: &Transaction<'_>,
+    project: &str,
+    trace_id: &str,
+    timestamp: i64,
+    now: i64,
+) -> anyhow::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO traces (project_id, id, timestamp, updated_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![project, trace_id, timestamp, now])?;
+    Ok(())
+}
+
+fn upsert_observation(
+    tx: &Transaction<'_>,
+    project: &str,
+    o: &ObservationUpsert,
+    prices: &PriceTable,
+    now: i64,
+) -> anyhow::Result<()> {
+    ensure_trace(tx, project, &o.trace_id, o.start_time.unwrap_or(now), now)?;
+    tx.prepare_cached(
+        "INSERT INTO observations (project_id, id, trace_id, type, parent_observation_id, name,
+            start_time, end_time, completion_start_time, model, model_parameters, input, output,
+            metadata, level, status_message, version, environment, usage_input, usage_output,
+            usage_total, usage_details, cost_details, provided_cost, updated_at)
+         VALUES (?1, ?2, ?3, COALESCE(?4, 'SPAN'), ?5, ?6, COALESCE(?7, ?25), ?8, ?9, ?10, ?11,
+            ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
+         ON CONFLICT (project_id, id) DO UPDATE SET
+            type = COALESCE(?4, type),
+            parent_observation_id = COALESCE(?5, parent_observation_id),
+            name = COALESCE(?6, name), start_time = COALESCE(?7, start_time),
+            end_time = COALESCE(?8, end_time),
+            completion_start_time = COALESCE(?9, completion_start_time),
+            model = COALESCE(?10, model), model_parameters = COALESCE(?11, model_parameters),
+            input = COALESCE(?12, input), output = COALESCE(?13, output),
+            metadata = COALESCE(?14, metadata), level = COALESCE(?15, level),
+            status_message = COALESCE(?16, status_message), version = COALESCE(?17, version),
+            environment = COALESCE(?18, environment),
+            usage_input = COALESCE(?19, usage_input), usage_output = COALESCE(?20, usage_output),
+            usage_total = COALESCE(?21, usage_total),
+            usage_details = COALESCE(?22, usage_details),
+            cost_details = COALESCE(?23, cost_details),
+            provided_cost = COALESCE(?24, provided_cost), updated_at = ?25",
+    )?
+    .execute(params![
+        project,
+        o.id,
+        o.trace_id,
+        o.kind,
+        o.parent_observation_id,
+        o.name,
+        o.start_time,
+        o.end_time,
+        o.completion_start_time,
+        o.model,
+        json(&o.model_parameters),
+        json(&o.input),
+        json(&o.output),
+        json(&o.metadata),
+        o.level,
+        o.status_message,
+        o.version,
+        o.environment,
+        count(o.usage_input),
+        count(o.usage_output),
+        count(o.usage_total),
+        json(&o.usage_details),
+        json(&o.cost_details),
+        o.provided_cost,
+        now
+    ])
+    .context("upserting an observation")?;
+    // Price the merged row: model and usage may have come in different events.
+    if o.model.is_some() || o.usage_input.is_some() || o.usage_output.is_some() {
+        // (model, input tokens, output tokens, start time)
+        type Priced = (Option<String>, Option<i64>, Option<i64>, i64);
+        let merged: Option<Priced> = tx
+            .prepare_cached(
+                "SELECT model, usage_input, usage_output, start_time FROM observations
+                 WHERE project_id = ?1 AND id = ?2",
+            )?
+            .query_row(params![project, o.id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        if let Some((Some(model), input, output, start)) = merged {
+            let price = prices.price(&model, false, start.div_euclid(86_400_000));
+            let input = input.unwrap_or(0).max(0) as f64;
+            let output = output.unwrap_or(0).max(0) as f64;
+            tx.prepare_cached(
+                "UPDATE observations SET calculated_input_cost = ?3, calculated_output_cost = ?4
+                 WHERE project_id = ?1 AND id = ?2",
+            )?
+            .execute(params![
+                project,
+                o.id,
+                price.input_per_token * input,
+                price.output_per_token * output
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn upsert_score(tx: &Transaction<'_>, project: &str, s: &ScoreUpsert) -> anyhow::Result<()> {
+    if let Some(trace_id) = &s.trace_id {
+        ensure_trace(tx, project, trace_id, s.timestamp, s.timestamp)?;
+    }
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO scores (project_id, id, trace_id, observation_id, session_id,
+            name, value, string_value, data_type, comment, source, timestamp, metadata)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        project,
+        s.id,
+        s.trace_id,
+        s.observation_id,
+        s.session_id,
+        s.name,
+        s.value,
+        s.string_value,
+        s.data_type,
+        s.comment,
+        s.source,
+        s.timestamp,
+        json(&s.metadata)
+    ])
+    .context("upserting a score")?;
+    Ok(())
+}
+
+/// A trace as stored, with what its observations add up to.
+#[derive(Debug, Clone, Default)]
+pub struct StoredTrace {
+    pub id: String,
+    pub timestamp: i64,
+    pub name: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub release: Option<String>,
+    pub version: Option<String>,
+    pub environment: Option<String>,
+    pub tags: Vec<String>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub metadata: Option<Value>,
+    pub public: bool,
+    /// Seconds from the first observation's start to the last one's end.
+    pub latency: Option<f64>,
+    pub total_cost: f64,
+    pub observation_ids: Vec<String>,
+    pub score_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StoredObservation {
+    pub id: String,
+    pub trace_id: String,
+    pub kind: String,
+    pub parent_observation_id: Option<String>,
+    pub name: Option<String>,
+    pub start_time: i64,
+    pub end_time: Option<i64>,
+    pub completion_start_time: Option<i64>,
+    pub model: Option<String>,
+    pub model_parameters: Option<Value>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub metadata: Option<Value>,
+    pub level: Option<String>,
+    pub status_message: Option<String>,
+    pub version: Option<String>,
+    pub environment: Option<String>,
+    pub usage_input: u64,
+    pub usage_output: u64,
+    pub usage_total: u64,
+    pub usage_details: Option<Value>,
+    pub cost_details: Option<Value>,
+    pub provided_cost: Option<f64>,
+    pub calculated_input_cost: Option<f64>,
+    pub calculated_output_cost: Option<f64>,
+}
+
+impl StoredObservation {
+    /// The client's cost if it sent one, else the price table's.
+    pub fn total_cost(&self) -> Option<f64> {
+        self.provided_cost.or(
+            match (self.calculated_input_cost, self.calculated_output_cost) {
+                (None, None) => None,
+                (i, o) => Some(i.unwrap_or(0.0) + o.unwrap_or(0.0)),
+            },
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StoredScore {
+    pub id: String,
+    pub trace_id: Option<String>,
+    pub observation_id: Option<String>,
+    pub session_id: Option<String>,
+    pub name: String,
+    pub value: Option<f64>,
+    pub string_value: Option<String>,
+    pub data_type: String,
+    pub comment: Option<String>,
+    pub source: String,
+    pub timestamp: i64,
+    pub metadata: Option<Value>,
+}
+
+/// Filters of `GET /api/public/traces`. Times are Unix milliseconds, `to` exclusive.
+#[derive(Debug, Clone, Default)]
+pub struct TraceFilter {
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub name: Option<String>,
+    pub tags: Vec<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub environment: Vec<String>,
+}
+
+/// Filters of `GET /api/public/observations`.
+#[derive(Debug, Clone, Default)]
+pub struct ObservationFilter {
+    pub trace_id: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub user_id: Option<String>,
+    pub parent_observation_id: Option<String>,
+    pub level: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// One day of `GET /api/public/metrics/daily`: per model (input, output, total tokens,
+/// observations, traces, cost).
+#[derive(Debug, Clone, Default)]
+pub struct DailyMetrics {
+    pub day: i64,
+    pub count_traces: u64,
+    pub count_observations: u64,
+    pub total_cost: f64,
+    pub models: Vec<ModelUsage>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ModelUsage {
+    pub model: Option<String>,
+    pub input: u64,
+    pub output: u64,
+    pub total: u64,
+    pub count_traces: u64,
+    pub count_observations: u64,
+    pub total_cost: f64,
+}
+
+fn parsed(text: Option<String>) -> Option<Value> {
+    let text = text?;
+    Some(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+const TRACE_COLUMNS: &str =
+    "t.id, t.timestamp, t.name, t.user_id, t.session_id, t.release, t.version,
+    t.environment, t.tags, t.input, t.output, t.metadata, t.public";
+
+fn trace_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredTrace> {
+    let tags: Option<String> = row.get(8)?;
+    Ok(StoredTrace {
+        id: row.get(0)?,
+        timestamp: row.get(1)?,
+        name: row.get(2)?,
+        user_id: row.get(3)?,
+        session_id: row.get(4)?,
+        release: row.get(5)?,
+        version: row.get(6)?,
+        environment: row.get(7)?,
+        tags: tags
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+        input: parsed(row.get(9)?),
+        output: parsed(row.get(10)?),
+        metadata: parsed(row.get(11)?),
+        public: row.get::<_, Option<bool>>(12)?.unwrap_or(false),
+        ..StoredTrace::default()
+    })
+}
+
+const OBSERVATION_COLUMNS: &str = "o.id, o.trace_id, o.type, o.parent_observation_id, o.name,
+    o.start_time, o.end_time, o.completion_start_time, o.model, o.model_parameters, o.input,
+    o.output, o.metadata, o.level, o.status_message, o.version, o.environment, o.usage_input,
+    o.usage_output, o.usage_total, o.usage_details, o.cost_details, o.provided_cost,
+    o.calculated_input_cost, o.calculated_output_cost";
+
+fn observation_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredObservation> {
+    let tokens = |i: usize| -> rusqlite::Result<u64> {
+        Ok(row.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+    };
+    Ok(StoredObservation {
+        id: row.get(0)?,
+        trace_id: row.get(1)?,
+        kind: row.get(2)?,
+        parent_observation_id: row.get(3)?,
+        name: row.get(4)?,
+        start_time: row.get(5)?,
+        end_time: row.get(6)?,
+        completion_start_time: row.get(7)?,
+        model: row.get(8)?,
+        model_parameters: parsed(row.get(9)?),
+        input: parsed(row.get(10)?),
+        output: parsed(row.get(11)?),
+        metadata: parsed(row.get(12)?),
+        level: row.get(13)?,
+        status_message: row.get(14)?,
+        version: row.get(15)?,
+        environment: row.get(16)?,
+        usage_input: tokens(17)?,
+        usage_output: tokens(18)?,
+        usage_total: tokens(19)?,
+        usage_details: parsed(row.get(20)?),
+        cost_details: parsed(row.get(21)?),
+        provided_cost: row.get(22)?,
+        calculated_input_cost: row.get(23)?,
+        calculated_output_cost: row.get(24)?,
+    })
+}
+
+const SCORE_COLUMNS: &str = "s.id, s.trace_id, s.observation_id, s.session_id, s.name, s.value,
+    s.string_value, s.data_type, s.comment, s.source, s.timestamp, s.metadata";
+
+fn score_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredScore> {
+    Ok(StoredScore {
+        id: row.get(0)?,
+        trace_id: row.get(1)?,
+        observation_id: row.get(2)?,
+        session_id: row.get(3)?,
+        name: row.get(4)?,
+        value: row.get(5)?,
+        string_value: row.get(6)?,
+        data_type: row.get(7)?,
+        comment: row.get(8)?,
+        source: row.get(9)?,
+        timestamp: row.get(10)?,
+        metadata: parsed(row.get(11)?),
+    })
+}
+
+/// The cost of an observation row in SQL, as `StoredObservation::total_cost`.
+const COST: &str =
+    "COALESCE(o.provided_cost, o.calculated_input_cost + o.calculated_output_cost, 0)";
+
+/// `WHERE` clause and parameters for a trace filter (on alias `t`).
+fn trace_where(project: &str, f: &TraceFilter) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value as Sql;
+    let mut clause = String::from("t.project_id = ?");
+    let mut values = vec![Sql::Text(project.to_string())];
+    let mut add = |sql: &str, value: Sql| {
+        clause.push_str(sql);
+        values.push(value);
+    };
+    if let Some(v) = &f.user_id {
+        add(" AND t.user_id = ?", Sql::Text(v.clone()));
+    }
+    if let Some(v) = &f.session_id {
+        add(" AND t.session_id = ?", Sql::Text(v.clone()));
+    }
+    if let Some(v) = &f.name {
+        add(" AND t.name = ?", Sql::Text(v.clone()));
+    }
+    if let Some(v) = f.from {
+        add(" AND t.timestamp >= ?", Sql::Integer(v));
+    }
+    if let Some(v) = f.to {
+        add(" AND t.timestamp < ?", Sql::Integer(v));
+    }
+    for tag in &f.tags {
+        add(
+            " AND EXISTS (SELECT 1 FROM json_each(t.tags) WHERE json_each.value = ?)",
+            Sql::Text(tag.clone()),
+        );
+    }
+    if !f.environment.is_empty() {
+        let marks = vec!["?"; f.environment.len()].join(", ");
+        clause.push_str(&format!(" AND t.environment IN ({marks})"));
+        values.extend(f.environment.iter().cloned().map(Sql::Text));
+    }
+    (clause, values)
+}
+
+impl super::Store {
+    /// A page of traces, newest first, and how many match in all.
+    pub async fn list_traces(
+        &self,
+        project: String,
+        filter: TraceFilter,
+        page: u64,
+        limit: u64,
+    ) -> anyhow::Result<(Vec<StoredTrace>, u64)> {
+        self.with_connection(move |c| {
+            let (clause, values) = trace_where(&project, &filter);
+            let total: i64 = c.query_row(
+                &format!("SELECT COUNT(*) FROM traces t WHERE {clause}"),
+                rusqlite::params_from_iter(values.iter()),
+                |r| r.get(0),
+            )?;
+            let mut statement = c.prepare(&format!(
+                "SELECT {TRACE_COLUMNS} FROM traces t WHERE {clause}
+                 ORDER BY t.timestamp DESC, t.id LIMIT {limit} OFFSET {}",
+                (page.max(1) - 1) * limit
+            ))?;
+            let mut traces = statement
+                .query_map(rusqlite::params_from_iter(values.iter()), trace_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            for trace in &mut traces {
+                add_aggregates(c, &project, trace)?;
+            }
+            Ok((traces, total.max(0) as u64))
+        })
+        .await
+        .context("listing traces")
+    }
+
+    /// One trace with its observations (by start time) and scores.
+    pub async fn get_trace(
+        &self,
+        project: String,
+        id: String,
+    ) -> anyhow::Result<Option<(StoredTrace, Vec<StoredObservation>, Vec<StoredScore>)>> {
+        self.with_connection(move |c| {
+            let trace = c
+                .prepare_cached(&format!(
+                    "SELECT {TRACE_COLUMNS} FROM traces t WHERE t.project_id = ?1 AND t.id = ?2"
+                ))?
+                .query_row(params![project, id], trace_from_row)
+                .optional()?;
+            let Some(mut trace) = trace else {
+                return Ok(None);
+            };
+            add_aggregates(c, &project, &mut trace)?;
+            let observations = c
+                .prepare_cached(&format!(
+                    "SELECT {OBSERVATION_COLUMNS} FROM observations o
+                     WHERE o.project_id = ?1 AND o.trace_id = ?2 ORDER BY o.start_time, o.id"
+                ))?
+                .query_map(params![project, id], observation_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let scores = c
+                .prepare_cached(&format!(
+                    "SELECT {SCORE_COLUMNS} FROM scores s
+                     WHERE s.project_id = ?1 AND s.trace_id = ?2 ORDER BY s.timestamp"
+                ))?
+                .query_map(params![project, id], score_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some((trace, observations, scores)))
+        })
+        .await
+        .context("reading a trace")
+    }
+
+    /// A page of observations, newest first, and how many match in all.
+    pub async fn list_observations(
+        &self,
+        project: String,
+        f: ObservationFilter,
+        page: u64,
+        limit: u64,
+    ) -> anyhow::Result<(Vec<StoredObservation>, u64)> {
+        use rusqlite::types::Value as Sql;
+        self.with_connection(move |c| {
+            let mut clause = String::from("o.project_id = ?");
+            let mut values = vec![Sql::Text(project.clone())];
+            let mut add = |sql: &str, value: Sql| {
+                clause.push_str(sql);
+                values.push(value);
+            };
+            if let Some(v) = &f.trace_id {
+                add(" AND o.trace_id = ?", Sql::Text(v.clone()));
+            }
+            if let Some(v) = &f.kind {
+                add(" AND o.type = ?", Sql::Text(v.to_ascii_uppercase()));
+            }
+            if let Some(v) = &f.name {
+                add(" AND o.name = ?", Sql::Text(v.clone()));
+            }
+            if let Some(v) = &f.parent_observation_id {
+                add(" AND o.parent_observation_id = ?", Sql::Text(v.clone()));
+            }
+            if let Some(v) = &f.level {
+                add(" AND o.level = ?", Sql::Text(v.clone()));
+            }
+            if let Some(v) = f.from {
+                add(" AND o.start_time >= ?", Sql::Integer(v));
+            }
+            if let Some(v) = f.to {
+                add(" AND o.start_time < ?", Sql::Integer(v));
+            }
+            if let Some(v) = &f.user_id {
+                add(
+                    " AND o.trace_id IN (SELECT id FROM traces WHERE project_id = o.project_id AND user_id = ?)",
+                    Sql::Text(v.clone()),
+                );
+            }
+            let total: i64 = c.query_row(
+                &format!("SELECT COUNT(*) FROM observations o WHERE {clause}"),
+                rusqlite::params_from_iter(values.iter()),
+                |r| r.get(0),
+            )?;
+            let mut statement = c.prepare(&format!(
+                "SELECT {OBSERVATION_COLUMNS} FROM observations o WHERE {clause}
+                 ORDER BY o.start_time DESC, o.id LIMIT {limit} OFFSET {}",
+                (page.max(1) - 1) * limit
+            ))?;
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(values.iter()), observation_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((rows, total.max(0) as u64))
+        })
+        .await
+        .context("listing observations")
+    }
+
+    pub async fn get_observation(
+        &self,
+        project: String,
+        id: String,
+    ) -> anyhow::Result<Option<StoredObservation>> {
+        self.with_connection(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {OBSERVATION_COLUMNS} FROM observations o WHERE o.project_id = ?1 AND o.id = ?2"
+            ))?
+            .query_row(params![project, id], observation_from_row)
+            .optional()
+            .context("reading an observation")
+        })
+        .await
+    }
+
+    /// Sessions (id, first trace time, environment), newest first, and their count.
+    pub async fn list_sessions(
+        &self,
+        project: String,
+        from: Option<i64>,
+        to: Option<i64>,
+        page: u64,
+        limit: u64,
+    ) -> anyhow::Result<(Vec<(String, i64, Option<String>)>, u64)> {
+        self.with_connection(move |c| {
+            let filter = "project_id = ?1 AND session_id IS NOT NULL
+                AND (?2 IS NULL OR timestamp >= ?2) AND (?3 IS NULL OR timestamp < ?3)";
+            let total: i64 = c.query_row(
+                &format!("SELECT COUNT(DISTINCT session_id) FROM traces WHERE {filter}"),
+                params![project, from, to],
+                |r| r.get(0),
+            )?;
+            let mut statement = c.prepare_cached(&format!(
+                "SELECT session_id, MIN(timestamp), MAX(environment) FROM traces WHERE {filter}
+                 GROUP BY session_id ORDER BY MIN(timestamp) DESC LIMIT ?4 OFFSET ?5"
+            ))?;
+            let rows = statement
+                .query_map(
+                    params![
+                        project,
+                        from,
+                        to,
+                        limit as i64,
+                        ((page.max(1) - 1) * limit) as i64
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((rows, total.max(0) as u64))
+        })
+        .await
+        .context("listing sessions")
+    }
+
+    /// Per day (newest first): traces, observations, cost, and usage per model, over the
+    /// traces the filter keeps.
+    pub async fn daily_metrics(
+        &self,
+        project: String,
+        filter: TraceFilter,
+    ) -> anyhow::Result<Vec<DailyMetrics>> {
+        self.with_connection(move |c| {
+            let (clause, values) = trace_where(&project, &filter);
+            let mut days: std::collections::BTreeMap<i64, DailyMetrics> = std::collections::BTreeMap::new();
+            let mut per_day = c.prepare(&format!(
+                "SELECT t.timestamp / 86400000, COUNT(*) FROM traces t WHERE {clause} GROUP BY 1"
+            ))?;
+            let rows = per_day.query_map(rusqlite::params_from_iter(values.iter()), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (day, count) = row?;
+                let entry = days.entry(day).or_default();
+                entry.day = day;
+                entry.count_traces = count.max(0) as u64;
+            }
+            let mut per_model = c.prepare(&format!(
+                "SELECT t.timestamp / 86400000, o.model, COUNT(*), COUNT(DISTINCT o.trace_id),
+                        SUM(COALESCE(o.usage_input, 0)), SUM(COALESCE(o.usage_output, 0)),
+                        SUM(COALESCE(o.usage_total, 0)), SUM({COST})
+                 FROM traces t JOIN observations o ON o.project_id = t.project_id AND o.trace_id = t.id
+                 WHERE {clause} GROUP BY 1, 2"
+            ))?;
+            let rows = per_model.query_map(rusqlite::params_from_iter(values.iter()), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    ModelUsage {
+                        model: r.get(1)?,
+                        count_observations: r.get::<_, i64>(2)?.max(0) as u64,
+                        count_traces: r.get::<_, i64>(3)?.max(0) as u64,
+                        input: r.get::<_, i64>(4)?.max(0) as u64,
+                        output: r.get::<_, i64>(5)?.max(0) as u64,
+                        total: r.get::<_, i64>(6)?.max(0) as u64,
+                        total_cost: r.get::<_, Option<f64>>(7)?.unwrap_or(0.0),
+                    },
+                ))
+            })?;
+            for row in rows {
+                let (day, usage) = row?;
+                let entry = days.entry(day).or_default();
+                entry.day = day;
+                entry.count_observations += usage.count_observations;
+                entry.total_cost += usage.total_cost;
+                if usage.model.is_some() {
+                    entry.models.push(usage);
+                }
+            }
+            Ok(days.into_values().rev().collect())
+        })
+        .await
+        .context("computing daily metrics")
+    }
+
+    /// Deletes up to `chunk` traces older than `before`, with their observations and
+    /// scores, in one short transaction; returns how many traces went.
+    pub fn prune_traces(&self, before: i64, chunk: usize) -> anyhow::Result<usize> {
+        let mut connection = self.connection.lock();
+        let tx = connection.transaction()?;
+        let doomed: Vec<(String, String)> = tx
+            .prepare_cached("SELECT project_id, id FROM traces WHERE timestamp < ?1 LIMIT ?2")?
+            .query_map(params![before, chunk as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (project, id) in &doomed {
+            tx.execute(
+                "DELETE FROM observations WHERE project_id = ?1 AND trace_id = ?2",
+                params![project, id],
+            )?;
+            tx.execute(
+                "DELETE FROM scores WHERE project_id = ?1 AND trace_id = ?2",
+                params![project, id],
+            )?;
+            tx.execute(
+                "DELETE FROM traces WHERE project_id = ?1 AND id = ?2",
+                params![project, id],
+            )?;
+        }
+        if doomed.len() < chunk {
+            tx.execute("DELETE FROM ingested_events WHERE at < ?1", [before])?;
+        }
+        tx.commit().context("pruning traces")?;
+        Ok(doomed.len())
+    }
+}
+
+/// Fills a trace's latency, cost, observation and score ids.
+fn add_aggregates(
+    c: &rusqlite::Connection,
+    project: &str,
+    trace: &mut StoredTrace,
+) -> rusqlite::Result<()> {
+    let (start, end, cost): (Option<i64>, Option<i64>, Option<f64>) = c
+        .prepare_cached(&format!(
+            "SELECT MIN(o.start_time), MAX(COALESCE(o.end_time, o.start_time)), SUM({COST})
+             FROM observations o WHERE o.project_id = ?1 AND o.trace_id = ?2"
+        ))?
+        .query_row(params![project, trace.id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    trace.latency = start.zip(end).map(|(s, e)| (e - s).max(0) as f64 / 1000.0);
+    trace.total_cost = cost.unwrap_or(0.0);
+    trace.observation_ids = c
+        .prepare_cached("SELECT id FROM observations WHERE project_id = ?1 AND trace_id = ?2 ORDER BY start_time")?
+        .query_map(params![project, trace.id], |r| r.get(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    trace.score_ids = c
+        .prepare_cached("SELECT id FROM scores WHERE project_id = ?1 AND trace_id = ?2")?
+        .query_map(params![project, trace.id], |r| r.get(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! The store's one writer thread, on its own connection (WAL, `synchronous=FULL`: a
+//! commit is on disk when it returns). Spend rows are fire-and-forget: gathered for up to
+//! 50 ms per transaction, never waited on by a request. Trace ingestion waits for its
+//! commit (the API answers 2xx only once the events are durable), and commits as soon as
+//! the queue is empty, so concurrent requests share one transaction (group commit).
+//! The queue is bounded: a full queue drops spend rows (counted in
+//! `agentbox_spend_log_dropped_total`) and refuses ingestion (the caller answers 503), so
+//! memory never grows without bound.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::spend::{self, SpendRecord};
+use super::traces::{self, Ingest};
+use crate::pricing::PriceTable;
+
+/// Messages waiting for the writer at most.
+const QUEUE_CAPACITY: usize = 50_000;
+/// Spend rows or trace events per transaction, about.
+const BATCH_ITEMS: usize = 5_000;
+/// How long spend rows are gathered after the first, when nobody waits on the commit.
+const GATHER: Duration = Duration::from_millis(50);
+/// Waits between the tries of a failing spend batch.
+const RETRY_DELAYS: &[Duration] = &[
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+];
+
+type IngestReply = oneshot::Sender<Result<Vec<bool>, String>>;
+
+enum Message {
+    Spend(Box<SpendRecord>),
+    /// Trace events nobody waits on (automatic traces).
+    Traces(Vec<Ingest>),
+    Ingest(Vec<Ingest>, IngestReply),
+    Flush(mpsc::Sender<()>),
+}
+
+/// Why ingestion was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the store's write queue is full; retry shortly")]
+    Busy,
+    #[error("the store could not write: {0}")]
+    Failed(String),
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    sender: SyncSender<Message>,
+    dropped: prometheus::IntCounter,
+    traces_dropped: prometheus::IntCounter,
+}
+
+impl Writer {
+    /// Starts the writer thread on its own connection to the store's database.
+    pub fn start(
+        data_dir: &Path,
+        prices: Arc<PriceTable>,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
+        let path = data_dir.join("agentbox.db");
+        let connection = Connection::open(&path)
+            .with_context(|| format!("opening {} for the writer", path.display()))?;
+        connection.busy_timeout(Duration::from_secs(5))?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        let dropped = prometheus::IntCounter::new(
+            "agentbox_spend_log_dropped_total",
+            "Spend-log rows dropped because the writer's queue was full or the disk failed.",
+        )?;
+        registry.register(Box::new(dropped.clone()))?;
+        let traces_dropped = prometheus::IntCounter::new(
+            "agentbox_traces_dropped_total",
+            "Automatic trace events dropped because the writer's queue was full or the disk failed.",
+        )?;
+        registry.register(Box::new(traces_dropped.clone()))?;
+        let (sender, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let thread_dropped = dropped.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run(connection, receiver, prices, thread_dropped))
+            .context("starting the store writer")?;
+        Ok(Self {
+            sender,
+            dropped,
+            traces_dropped,
+        })
+    }
+
+    /// Queues trace events without waiting; a full queue drops them (counted).
+    pub fn record_traces(&self, events: Vec<Ingest>) {
+        let count = events.len() as u64;
+        if self.sender.try_send(Message::Traces(events)).is_err() {
+            self.traces_dropped.inc_by(count);
+        }
+    }
+
+    /// Queues a spend row without waiting; a full queue drops it (counted and logged).
+    pub fn record_spend(&self, record: SpendRecord) {
+        match self.sender.try_send(Message::Spend(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if self.dropped.get().is_multiple_of(1000) {
+                    tracing::warn!("store write queue full: spend rows are being dropped");
+                }
+                self.dropped.inc();
+            }
+            Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+
+    /// Stores trace events durably; per event, whether it was new (not a duplicate id).
+    pub async fn ingest(&self, batch: Vec<Ingest>) -> Result<Vec<bool>, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .try_send(Message::Ingest(batch, reply))
+            .map_err(|_| IngestError::Busy)?;
+        match answer.await {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(message)) => Err(IngestError::Failed(message)),
+            Err(_) => Err(IngestError::Failed("the writer stopped".into())),
+        }
+    }
+
+    /// Waits (up to `timeout`) until everything queued before this call is written.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (done, wait) = mpsc::channel();
+        if self.sender.send(Message::Flush(done)).is_err() {
+            return false;
+        }
+        wait.recv_timeout(timeout).is_ok()
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    spend: Vec<SpendRecord>,
+    traces: Vec<Ingest>,
+    ingests: Vec<(Vec<Ingest>, IngestReply)>,
+    events: usize,
+    flushes: Vec<mpsc::Sender<()>>,
+}
+
+impl Batch {
+    fn take(&mut self, message: Message) {
+        match message {
+            Message::Spend(record) => self.spend.push(*record),
+            Message::Traces(events) => self.traces.extend(events),
+            Message::Ingest(events, reply) => {
+                self.events += events.len();
+                self.ingests.push((events, reply));
+            }
+            Message::Flush(done) => self.flushes.push(done),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.spend.len() + self.traces.len() + self.events
+    }
+
+    /// Someone waits on this commit: do not gather longer.
+    fn awaited(&self) -> bool {
+        !self.ingests.is_empty() || !self.flushes.is_empty()
+    }
+}
+
+fn run(
+    mut connection: Connection,
+    receiver: Receiver<Message>,
+    prices: Arc<PriceTable>,
+    dropped: prometheus::IntCounter,
+) {
+    loop {
+        let mut batch = Batch::default();
+        match receiver.recv_timeout(Duration::from_secs(3600)) {
+            Ok(message) => batch.take(message),
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let deadline = Instant::now() + GATHER;
+        while batch.len() < BATCH_ITEMS {
+            let next = if batch.awaited() {
+                receiver.try_recv().ok()
+            } else {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                receiver.recv_timeout(wait).ok()
+            };
+            match next {
+                Some(message) => batch.take(message),
+                None => break,
+            }
+        }
+        commit(&mut connection, batch, &prices, &dropped);
+    }
+}
+
+fn commit(
+    connection: &mut Connection,
+    batch: Batch,
+    prices: &PriceTable,
+    dropped: &prometheus::IntCounter,
+) {
+    let now = crate::clock::unix_ms();
+    let mut delays = RETRY_DELAYS.iter();
+    let Batch {
+        spend,
+        traces,
+        mut ingests,
+        flushes,
+        ..
+    } = batch;
+    loop {
+        let result = (|| -> anyhow::Result<Vec<Vec<bool>>> {
+            let tx = connection.transaction()?;
+            spend::insert(&tx, &spend)?;
+            traces::apply(&tx, &traces, prices, now)?;
+            let mut applied = Vec::with_capacity(ingests.len());
+            for (events, _) in &ingests {
+                applied.push(traces::apply(&tx, events, prices, now)?);
+            }
+            tx.commit().context("committing")?;
+            Ok(applied)
+        })();
+        match result {
+            Ok(applied) => {
+                for ((_, reply), applied) in ingests.drain(..).zip(applied) {
+                    let _ = reply.send(Ok(applied));
+                }
+                break;
+            }
+            Err(error) => {
+                // Ingestion callers get the error now and may retry; spend rows are
+                // retried here a few times, then dropped and counted.
+                for (_, reply) in ingests.drain(..) {
+                    let _ = reply.send(Err(format!("{error:#}")));
+                }
+                if spend.is_empty() && traces.is_empty() {
+                    tracing::error!("writing trace events failed: {error:#}");
+                    break;
+                }
+                match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!("writing to the store failed, retrying: {error:#}");
+                        std::thread::sleep(*delay);
+                    }
+                    None => {
+                        tracing::error!(
+                            rows = spend.len(),
+                            traces = traces.len(),
+                            "writing to the store failed; dropping spend rows and trace events: {error:#}"
+                        );
+                        dropped.inc_by(spend.len() as u64);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    for done in flushes {
+        let _ = done.send(());
+    }
+}
