@@ -4,6 +4,8 @@ Owns the session-scoped `server` fixture (binary lookup, free port, data dir, lo
 readiness polling on /health/ready, graceful SIGTERM shutdown that must exit 0) and the
 `client` fixture (an `openai.OpenAI` client pointed at the server's /v1). Shared by every
 test in this folder; test_gateway_sdk.py also starts a second server in front of it.
+Helpers: `extra_server` (another agentbox), `gateway_server` / `config_server` (one with no
+local models and a given config), `eventually` (poll for what is written asynchronously).
 """
 
 from __future__ import annotations
@@ -95,12 +97,38 @@ def extra_server(tmp: Path, *args: str, env: dict | None = None):
         assert code == 0, _log_tail(log_path)
 
 
-def gateway_server(tmp: Path, litellm_yaml: str, env: dict | None = None):
-    """An `extra_server` with no local models and this LiteLLM config."""
+def gateway_server(tmp: Path, litellm_yaml: str, env: dict | None = None, agentbox_yaml: str = ""):
+    """An `extra_server` with no local models and this LiteLLM config (plus, optionally,
+    more agentbox config such as a `traces:` section)."""
     (tmp / "litellm.yaml").write_text(litellm_yaml)
-    (tmp / "agentbox.yaml").write_text("models: []\n")
+    (tmp / "agentbox.yaml").write_text("models: []\n" + agentbox_yaml)
     return extra_server(tmp, "--config", str(tmp / "agentbox.yaml"),
                         "--litellm-config", str(tmp / "litellm.yaml"), env=env)
+
+
+def config_server(tmp: Path, agentbox_yaml: str = "", env: dict | None = None):
+    """An `extra_server` with no local models, no gateway, and this extra agentbox config."""
+    (tmp / "agentbox.yaml").write_text("models: []\n" + agentbox_yaml)
+    return extra_server(tmp, "--config", str(tmp / "agentbox.yaml"), env=env)
+
+
+def eventually(fetch, done=lambda value: True, timeout: float = 15.0, what: str = "the condition"):
+    """Calls `fetch` until it returns a value `done` accepts (exceptions count as not yet),
+    and returns that value; fails with the last value or error after `timeout` seconds.
+    For what a server writes off the request path (automatic traces, SDK exports)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            value = fetch()
+            if done(value):
+                return value
+            last = value
+        except Exception as e:  # noqa: BLE001 - not there yet
+            last = e
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not hold within {timeout:.0f}s; last: {last!r}"[:4000], pytrace=False)
+        time.sleep(0.1)
 
 
 @dataclasses.dataclass

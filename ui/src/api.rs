@@ -4,6 +4,10 @@
 //! `Authorization: Bearer KEY`; the chat completion is read as an OpenAI-style SSE stream
 //! from the response body so tokens render as they arrive. A refused key is reported to
 //! `auth`, which asks the user for one.
+//!
+//! The Langfuse-style tracing API (`/api/public/*`, see `traces_api`) wants HTTP Basic
+//! `public:secret` instead: [`public_request_json`] sends `pk-lf-ui:KEY` (the master key is
+//! the secret there), or nothing when no key is stored.
 
 use std::fmt;
 
@@ -30,11 +34,13 @@ pub struct ApiError {
 pub enum ApiErrorKind {
     /// The server wants a (different) API key: the key panel speaks for this one.
     InvalidApiKey,
+    /// A 401 of another shape (the tracing API's): the caller decides who tells the user.
+    Unauthorized,
     Other,
 }
 
 impl ApiError {
-    fn new(message: impl Into<String>) -> Self {
+    pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             kind: ApiErrorKind::Other,
@@ -122,6 +128,17 @@ struct ChatCompletionRequest<'a> {
     messages: &'a [OutgoingMessage<'a>],
     stream: bool,
     max_tokens: u32,
+    metadata: &'a TraceContext,
+}
+
+/// Where the server files a chat call's automatic trace: under the id the UI chose (so
+/// feedback can be scored on it), in the conversation's session. The server takes
+/// `metadata` out of the request before the model sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TraceContext {
+    pub trace_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
 }
 
 /// Upper bound on a reply's length, in tokens.
@@ -186,6 +203,7 @@ pub async fn delete_conversation(id: &str) -> Result<(), ApiError> {
 pub async fn stream_chat(
     model: &str,
     messages: &[OutgoingMessage<'_>],
+    trace: &TraceContext,
     abort_signal: &AbortSignal,
     mut on_delta: impl FnMut(&str),
 ) -> Result<StreamEnd, ApiError> {
@@ -194,6 +212,7 @@ pub async fn stream_chat(
         messages,
         stream: true,
         max_tokens: MAX_REPLY_TOKENS,
+        metadata: trace,
     })?;
     let request = build_request(
         "POST",
@@ -303,6 +322,12 @@ struct ErrorEnvelope {
     error: ErrorBody,
 }
 
+/// The tracing API's error shape (Langfuse's): `{"message", "error"}`.
+#[derive(Deserialize)]
+struct MessageEnvelope {
+    message: String,
+}
+
 #[derive(Deserialize)]
 struct ErrorBody {
     message: String,
@@ -378,16 +403,25 @@ async fn fetch(request: &Request) -> Result<Response, ApiError> {
     }
     let status = response.status();
     let body = response_text(&response).await.unwrap_or_default();
+    let unauthorized = if status == 401 {
+        ApiErrorKind::Unauthorized
+    } else {
+        ApiErrorKind::Other
+    };
     let Ok(ErrorEnvelope { error }) = serde_json::from_str::<ErrorEnvelope>(&body) else {
-        return Err(ApiError::new(format!(
-            "HTTP {status} {}",
-            response.status_text()
-        )));
+        let message = match serde_json::from_str::<MessageEnvelope>(&body) {
+            Ok(MessageEnvelope { message }) => message,
+            Err(_) => format!("HTTP {status} {}", response.status_text()),
+        };
+        return Err(ApiError {
+            message,
+            kind: unauthorized,
+        });
     };
     let kind = if status == 401 && error.code.as_deref() == Some(INVALID_API_KEY) {
         ApiErrorKind::InvalidApiKey
     } else {
-        ApiErrorKind::Other
+        unauthorized
     };
     Err(ApiError {
         message: error.message,
@@ -414,4 +448,97 @@ pub async fn request_json<T: DeserializeOwned>(
     let text = response_text(&response).await?;
     serde_json::from_str(&text)
         .map_err(|error| ApiError::new(format!("unexpected reply from {url}: {error}")))
+}
+
+/// The public key sent to the tracing API: without configured projects any public key
+/// goes, and the secret is the server's master key.
+const TRACING_PUBLIC_KEY: &str = "pk-lf-ui";
+
+/// A call to the tracing API (`/api/public/*`) with HTTP Basic `pk-lf-ui:KEY`, or no
+/// credentials when no key is stored. A 401 without a key opens the key panel (and comes
+/// back as [`ApiErrorKind::InvalidApiKey`], which pages leave to the panel); a 401 with one
+/// means the server keeps its own tracing projects, whose keys the UI does not hold.
+pub async fn public_request_json<T: DeserializeOwned>(
+    method: &str,
+    url: &str,
+    json_body: Option<&str>,
+) -> Result<T, ApiError> {
+    let request = build_request(method, url, json_body, None)?;
+    let headers = request.headers();
+    let key = auth::current_key();
+    let outcome = match &key {
+        Some(key) => headers.set(
+            "Authorization",
+            &format!(
+                "Basic {}",
+                base64_encode(format!("{TRACING_PUBLIC_KEY}:{key}").as_bytes())
+            ),
+        ),
+        None => headers.delete("Authorization"),
+    };
+    outcome.map_err(|error| ApiError::from_js("building request", &error))?;
+    let response = match fetch(&request).await {
+        Ok(response) => response,
+        Err(error) if error.kind == ApiErrorKind::Unauthorized => {
+            return Err(match key {
+                None => {
+                    auth::key_rejected(None, &error.message);
+                    ApiError {
+                        message: error.message,
+                        kind: ApiErrorKind::InvalidApiKey,
+                    }
+                }
+                Some(_) => ApiError::new(format!(
+                    "the tracing API refused the stored API key ({}): a server with \
+                     tracing projects wants a project's keys, which this UI does not send",
+                    error.message
+                )),
+            });
+        }
+        Err(error) => return Err(error),
+    };
+    let text = response_text(&response).await?;
+    serde_json::from_str(&text)
+        .map_err(|error| ApiError::new(format!("unexpected reply from {url}: {error}")))
+}
+
+/// Standard base64 with padding (RFC 4648), for the Basic credentials.
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64_encode;
+
+    #[test]
+    fn base64_matches_rfc_4648() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("pk-lf-ui:sk-ui-test", "cGstbGYtdWk6c2stdWktdGVzdA=="),
+        ] {
+            assert_eq!(base64_encode(input.as_bytes()), expected);
+        }
+    }
 }

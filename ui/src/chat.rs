@@ -1,10 +1,12 @@
 //! The chat pane: header with the model picker, the message list (assistant
-//! replies rendered as Markdown, streaming in place), and the composer.
+//! replies rendered as Markdown, streaming in place, with thumbs up / down under those
+//! whose trace is known), and the composer.
 
 use leptos::html::{Div, Textarea};
 use leptos::prelude::*;
 use web_sys::KeyboardEvent;
 
+use crate::feedback::FeedbackButtons;
 use crate::markdown;
 use crate::state::{ChatState, Role, UiMessage};
 
@@ -125,7 +127,8 @@ fn MessageList(state: ChatState) -> impl IntoView {
                 </Show>
                 <For
                     each=move || state.messages.get()
-                    key=|message| message.key
+                    // A stored answer whose trace turns up later is drawn again, with its buttons.
+                    key=|message| (message.key, message.trace_id.is_some())
                     children=|message| view! { <MessageBubble message /> }
                 />
                 <Show when=move || state.is_streaming()>
@@ -158,7 +161,10 @@ fn MessageBubble(message: UiMessage) -> impl IntoView {
         Role::Assistant => view! {
             <div class="message assistant">
                 <div class="avatar" aria-hidden="true">"◆"</div>
-                <div class="bubble markdown" data-testid="message-assistant" inner_html=markdown::render(&message.content)></div>
+                <div class="answer">
+                    <div class="bubble markdown" data-testid="message-assistant" inner_html=markdown::render(&message.content)></div>
+                    {message.trace_id.map(|trace_id| view! { <FeedbackButtons trace_id initial=message.vote /> })}
+                </div>
             </div>
         }
         .into_any(),

@@ -1,5 +1,5 @@
-//! The dark left sidebar: brand, page navigation (Chat and GPUs exist so far), the
-//! "New chat" button, the list of stored conversations (both open the chat page), and
+//! The dark left sidebar: brand, page navigation (Chat, GPUs, Traces, Sessions and
+//! Costs exist so far), the "New chat" button, the list of stored conversations (both open the chat page), and
 //! "Forget API key" at the foot while a key is stored.
 
 use leptos::prelude::*;
@@ -11,16 +11,18 @@ use crate::route::{Page, Route};
 use crate::state::ChatState;
 
 /// Pages of the app; those not built yet are shown as upcoming.
-const PAGES: [(&str, PageStatus); 6] = [
+const PAGES: [(&str, PageStatus); 8] = [
     ("Chat", PageStatus::Built(Page::Chat)),
     ("GPUs", PageStatus::Built(Page::Gpus)),
+    ("Traces", PageStatus::Built(Page::Traces)),
+    ("Sessions", PageStatus::Built(Page::Sessions)),
+    ("Costs", PageStatus::Built(Page::Costs)),
     ("Documents", PageStatus::Upcoming),
     ("Agents", PageStatus::Upcoming),
-    ("Traces", PageStatus::Upcoming),
     ("Dashboards", PageStatus::Upcoming),
 ];
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum PageStatus {
     Built(Page),
     Upcoming,
@@ -42,7 +44,7 @@ pub fn Sidebar(state: ChatState, route: Route, gate: KeyGate) -> impl IntoView {
             <nav class="nav" aria-label="Pages">
                 {PAGES
                     .iter()
-                    .map(|&(name, status)| match status {
+                    .map(|&(name, ref status)| match status.clone() {
                         PageStatus::Built(page) => view! { <NavLink route page name /> }.into_any(),
                         PageStatus::Upcoming => {
                             view! {
@@ -95,22 +97,17 @@ pub fn Sidebar(state: ChatState, route: Route, gate: KeyGate) -> impl IntoView {
 }
 
 /// A page link that switches pages in place; a modified click (new tab, new window)
-/// is left to the browser.
+/// is left to the browser. Active on the page's own sub-pages too (a trace for Traces).
 #[component]
 fn NavLink(route: Route, page: Page, name: &'static str) -> impl IntoView {
-    let is_current = move || route.page() == page;
-    let on_click = move |event: MouseEvent| {
-        let modified = event.ctrl_key() || event.meta_key() || event.shift_key() || event.alt_key();
-        if !modified && event.button() == 0 {
-            event.prevent_default();
-            route.go(page);
-        }
-    };
+    let href = page.path();
+    let on_click = route.link(page.clone());
+    let is_current = move || route.section() == page;
     view! {
         <a
             class="nav-item"
-            class:active=is_current
-            href=page.path()
+            class:active=is_current.clone()
+            href=href
             aria-current=move || is_current().then_some("page")
             data-testid=format!("nav-{}", name.to_lowercase())
             on:click=on_click

@@ -1,13 +1,17 @@
 //! The chat page's state and the actions that change it: sending, streaming,
 //! stopping, and loading, creating and deleting stored conversations.
 //!
+//! Each reply is traced by the server under a trace id chosen here (and in the
+//! conversation's session), so the answer can carry thumbs up / down (`feedback`).
+//!
 //! Views only read these signals and call these methods; all server traffic goes through `api`.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use web_sys::AbortController;
 
-use crate::api::{self, ApiError, Conversation, OutgoingMessage, StreamEnd};
+use crate::api::{self, ApiError, Conversation, OutgoingMessage, StreamEnd, TraceContext};
+use crate::feedback::{find_answer_traces, new_trace_id};
 
 /// Length, in characters, of a conversation title taken from its first message.
 const TITLE_CHARS: usize = 40;
@@ -43,6 +47,11 @@ pub struct UiMessage {
     pub key: u64,
     pub role: Role,
     pub content: String,
+    /// The trace of the call that wrote this answer: chosen by this page, or found again
+    /// for a stored answer (stored messages do not keep it).
+    pub trace_id: Option<String>,
+    /// The feedback already given on a stored answer (`Some(true)` for thumbs up).
+    pub vote: Option<bool>,
 }
 
 /// Every signal the chat page renders from. Cheap to copy into closures.
@@ -203,25 +212,30 @@ impl ChatState {
                     content,
                 })
                 .collect();
+            let trace = TraceContext {
+                trace_id: new_trace_id(),
+                session_id: conversation_id.clone(),
+            };
             let mut reply = String::new();
-            let outcome = api::stream_chat(&model, &outgoing, &controller.signal(), |delta| {
-                reply.push_str(delta);
-                if self.pane_generation.get_value() == generation {
-                    self.streaming_reply.update(|streaming| {
-                        if let Some(streaming) = streaming {
-                            streaming.push_str(delta);
-                        }
-                    });
-                }
-            })
-            .await;
+            let outcome =
+                api::stream_chat(&model, &outgoing, &trace, &controller.signal(), |delta| {
+                    reply.push_str(delta);
+                    if self.pane_generation.get_value() == generation {
+                        self.streaming_reply.update(|streaming| {
+                            if let Some(streaming) = streaming {
+                                streaming.push_str(delta);
+                            }
+                        });
+                    }
+                })
+                .await;
 
             let pane_unchanged = self.pane_generation.get_value() == generation;
             if pane_unchanged {
                 self.abort.set_value(None);
                 self.streaming_reply.set(None);
                 if !reply.is_empty() {
-                    self.push_message(Role::Assistant, reply.clone());
+                    self.push_answer(reply.clone(), trace.trace_id.clone());
                 }
                 match outcome {
                     Ok(StreamEnd::Finished(_) | StreamEnd::Aborted) => {}
@@ -288,12 +302,48 @@ impl ChatState {
                             key: self.take_key(),
                             role: Role::parse(&message.role),
                             content: message.content,
+                            trace_id: None,
+                            vote: None,
                         })
                         .collect();
                     self.messages.set(messages);
+                    self.attach_answer_traces(id, generation);
                 }
                 Err(error) => self.report_error("Could not open the conversation", &error),
             }
+        });
+    }
+
+    /// Finds the traces (and votes) of the stored answers now in the pane, so they get
+    /// feedback buttons too. Best effort: without them the answers just show none.
+    fn attach_answer_traces(self, conversation_id: String, generation: u64) {
+        let answers: Vec<(u64, String)> = self.messages.with_untracked(|messages| {
+            messages
+                .iter()
+                .filter(|message| message.role == Role::Assistant)
+                .map(|message| (message.key, message.content.clone()))
+                .collect()
+        });
+        if answers.is_empty() {
+            return;
+        }
+        spawn_local(async move {
+            let texts: Vec<String> = answers.iter().map(|(_, text)| text.clone()).collect();
+            let Ok(found) = find_answer_traces(&conversation_id, &texts).await else {
+                return;
+            };
+            if self.pane_generation.get_value() != generation {
+                return;
+            }
+            self.messages.update(|messages| {
+                for ((key, _), answer) in answers.iter().zip(found) {
+                    let Some(answer) = answer else { continue };
+                    if let Some(message) = messages.iter_mut().find(|m| m.key == *key) {
+                        message.trace_id = Some(answer.trace_id);
+                        message.vote = answer.vote;
+                    }
+                }
+            });
         });
     }
 
@@ -350,8 +400,29 @@ impl ChatState {
 
     fn push_message(self, role: Role, content: String) {
         let key = self.take_key();
-        self.messages
-            .update(|messages| messages.push(UiMessage { key, role, content }));
+        self.messages.update(|messages| {
+            messages.push(UiMessage {
+                key,
+                role,
+                content,
+                trace_id: None,
+                vote: None,
+            })
+        });
+    }
+
+    /// An assistant answer from this page, with the trace its call was filed under.
+    fn push_answer(self, content: String, trace_id: String) {
+        let key = self.take_key();
+        self.messages.update(|messages| {
+            messages.push(UiMessage {
+                key,
+                role: Role::Assistant,
+                content,
+                trace_id: Some(trace_id),
+                vote: None,
+            })
+        });
     }
 
     fn take_key(self) -> u64 {

@@ -37,6 +37,8 @@ pub struct UsageScan {
     /// With `capture`: the answer (a whole body's message, or a stream's text).
     pub output: Option<Value>,
     streamed_text: String,
+    /// What the streamed pieces were: chat deltas, completion text, or Anthropic text.
+    streamed_kind: StreamedKind,
     /// When the first piece of a stream passed (Unix ms), for time to first token.
     pub first_piece_ms: Option<i64>,
 }
@@ -53,6 +55,7 @@ impl UsageScan {
             capture: false,
             output: None,
             streamed_text: String::new(),
+            streamed_kind: StreamedKind::Text,
             first_piece_ms: None,
         }
     }
@@ -121,7 +124,13 @@ impl UsageScan {
         let rest = std::mem::take(&mut self.pending);
         self.read_line(&rest);
         if self.capture && !self.streamed_text.is_empty() {
-            self.output = Some(Value::String(std::mem::take(&mut self.streamed_text)));
+            // The same shape as a whole answer's.
+            let text = std::mem::take(&mut self.streamed_text);
+            self.output = Some(match self.streamed_kind {
+                StreamedKind::Chat => serde_json::json!({"role": "assistant", "content": text}),
+                StreamedKind::Anthropic => serde_json::json!([{"type": "text", "text": text}]),
+                StreamedKind::Text => Value::String(text),
+            });
         }
         if self.strip_usage_chunk {
             Bytes::from(rest)
@@ -146,12 +155,17 @@ impl UsageScan {
         self.take(&value);
         if self.capture {
             // OpenAI chunks (`choices[0].delta.content`, `choices[0].text`), Anthropic deltas.
-            let piece = value["choices"][0]["delta"]["content"]
-                .as_str()
-                .or_else(|| value["choices"][0]["text"].as_str())
-                .or_else(|| value["delta"]["text"].as_str());
-            if let Some(piece) = piece {
+            let pieces = [
+                (
+                    value["choices"][0]["delta"]["content"].as_str(),
+                    StreamedKind::Chat,
+                ),
+                (value["choices"][0]["text"].as_str(), StreamedKind::Text),
+                (value["delta"]["text"].as_str(), StreamedKind::Anthropic),
+            ];
+            if let Some((Some(piece), kind)) = pieces.into_iter().find(|(p, _)| p.is_some()) {
                 self.streamed_text.push_str(piece);
+                self.streamed_kind = kind;
             }
         }
         value["usage"].is_object() && value["choices"].as_array().is_some_and(Vec::is_empty)
@@ -178,6 +192,13 @@ impl UsageScan {
             }
         }
     }
+}
+
+#[derive(Clone, Copy)]
+enum StreamedKind {
+    Chat,
+    Text,
+    Anthropic,
 }
 
 /// A whole answer's content: the chat message, the completion text, Anthropic's content

@@ -142,8 +142,13 @@ fn upsert_trace(
             name = COALESCE(?4, name), user_id = COALESCE(?5, user_id),
             session_id = COALESCE(?6, session_id), release = COALESCE(?7, release),
             version = COALESCE(?8, version), environment = COALESCE(?9, environment),
-            tags = COALESCE(?10, tags), input = COALESCE(?11, input),
-            output = COALESCE(?12, output), metadata = COALESCE(?13, metadata),
+            tags = CASE WHEN ?10 IS NULL THEN tags ELSE (
+                SELECT json_group_array(value) FROM (
+                    SELECT value FROM json_each(COALESCE(tags, '[]'))
+                    UNION SELECT value FROM json_each(?10) ORDER BY value)) END,
+            input = COALESCE(?11, input), output = COALESCE(?12, output),
+            metadata = CASE WHEN ?13 IS NULL THEN metadata
+                WHEN metadata IS NULL THEN ?13 ELSE json_patch(metadata, ?13) END,
             public = COALESCE(?14, public), updated_at = ?15",
     )?
     .execute(params![
@@ -205,7 +210,9 @@ fn upsert_observation(
             completion_start_time = COALESCE(?9, completion_start_time),
             model = COALESCE(?10, model), model_parameters = COALESCE(?11, model_parameters),
             input = COALESCE(?12, input), output = COALESCE(?13, output),
-            metadata = COALESCE(?14, metadata), level = COALESCE(?15, level),
+            metadata = CASE WHEN ?14 IS NULL THEN metadata
+                WHEN metadata IS NULL THEN ?14 ELSE json_patch(metadata, ?14) END,
+            level = COALESCE(?15, level),
             status_message = COALESCE(?16, status_message), version = COALESCE(?17, version),
             environment = COALESCE(?18, environment),
             usage_input = COALESCE(?19, usage_input), usage_output = COALESCE(?20, usage_output),
@@ -555,7 +562,9 @@ fn trace_where(project: &str, f: &TraceFilter) -> (String, Vec<rusqlite::types::
     }
     if !f.environment.is_empty() {
         let marks = vec!["?"; f.environment.len()].join(", ");
-        clause.push_str(&format!(" AND t.environment IN ({marks})"));
+        clause.push_str(&format!(
+            " AND COALESCE(t.environment, 'default') IN ({marks})"
+        ));
         values.extend(f.environment.iter().cloned().map(Sql::Text));
     }
     (clause, values)

@@ -102,10 +102,17 @@ pub async fn ingestion(State(state): State<AppState>, headers: HeaderMap, body: 
             continue;
         };
         let kind = item.get("type").and_then(Value::as_str).unwrap_or("");
-        let timestamp = item
-            .get("timestamp")
-            .and_then(Value::as_str)
-            .and_then(ingest::parse_time);
+        let timestamp = match item.get("timestamp") {
+            None | Some(Value::Null) => None,
+            Some(value) => match value.as_str().and_then(ingest::parse_time) {
+                Some(time) => Some(time),
+                None => {
+                    errors.push(json!({"id": id, "status": 400,
+                        "message": "`timestamp` is not an ISO-8601 time", "error": "Bad Request"}));
+                    continue;
+                }
+            },
+        };
         match ingest::event(kind, item.get("body").unwrap_or(&Value::Null), timestamp) {
             Ok(Some(event)) => {
                 ingests.push(Ingest {

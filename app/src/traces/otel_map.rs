@@ -111,7 +111,17 @@ pub fn span_events(span: &OtelSpan) -> Vec<TraceEvent> {
     };
     let is_root = span.parent_span_id.is_none()
         || a.get("langfuse.internal.as_root") == Some(&Value::Bool(true));
-    let trace = TraceUpsert {
+    let environment = string(a, &["langfuse.environment"]).or_else(|| {
+        string(
+            &span.resource,
+            &[
+                "langfuse.environment",
+                "deployment.environment.name",
+                "deployment.environment",
+            ],
+        )
+    });
+    let mut trace = TraceUpsert {
         id: span.trace_id.clone(),
         timestamp: if is_root {
             nanos_to_ms(span.start_unix_nano)
@@ -124,19 +134,13 @@ pub fn span_events(span: &OtelSpan) -> Vec<TraceEvent> {
         release: string(a, &["langfuse.release"])
             .or_else(|| string(&span.resource, &["service.version"])),
         version: string(a, &["langfuse.version"]),
-        environment: string(a, &["langfuse.environment"]).or_else(|| {
-            string(
-                &span.resource,
-                &["deployment.environment.name", "deployment.environment"],
-            )
-        }),
+        environment: environment.clone(),
         tags,
         input: a.get("langfuse.trace.input").map(decoded),
         output: a.get("langfuse.trace.output").map(decoded),
         metadata: gathered(a, "langfuse.trace.metadata"),
         public: a.get("langfuse.trace.public").and_then(Value::as_bool),
     };
-    events.push(TraceEvent::Trace(trace));
 
     let model = string(
         a,
@@ -232,6 +236,12 @@ pub fn span_events(span: &OtelSpan) -> Vec<TraceEvent> {
         string(a, &["langfuse.observation.level"]).or_else(|| error.then(|| "ERROR".to_string()));
     let status_message = string(a, &["langfuse.observation.status_message"])
         .or_else(|| (!span.status_message.is_empty()).then(|| span.status_message.clone()));
+    // The root span's input and output are the trace's, unless the trace has its own.
+    if is_root {
+        trace.input = trace.input.or_else(|| input.clone());
+        trace.output = trace.output.or_else(|| output.clone());
+    }
+    events.push(TraceEvent::Trace(trace));
     let completion_start_time = string(a, &["langfuse.observation.completion_start_time"])
         .and_then(|t| super::ingest::parse_time(t.trim_matches('"')));
     events.push(TraceEvent::Observation(Box::new(ObservationUpsert {
@@ -251,7 +261,7 @@ pub fn span_events(span: &OtelSpan) -> Vec<TraceEvent> {
         level,
         status_message,
         version: string(a, &["langfuse.version"]),
-        environment: string(a, &["langfuse.environment"]),
+        environment,
         usage_input,
         usage_output,
         usage_total,
