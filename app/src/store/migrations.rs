@@ -132,6 +132,8 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX observations_by_trace ON observations(project_id, trace_id, start_time);
     CREATE INDEX observations_by_time ON observations(project_id, start_time);
+    CREATE INDEX observations_usage ON observations(project_id, trace_id, model, usage_input,
+        usage_output, usage_total, provided_cost, calculated_input_cost, calculated_output_cost);
     CREATE TABLE scores (
         project_id TEXT NOT NULL,
         id TEXT NOT NULL,

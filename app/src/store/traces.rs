@@ -783,7 +783,8 @@ impl super::Store {
                 "SELECT t.timestamp / 86400000, o.model, COUNT(*), COUNT(DISTINCT o.trace_id),
                         SUM(COALESCE(o.usage_input, 0)), SUM(COALESCE(o.usage_output, 0)),
                         SUM(COALESCE(o.usage_total, 0)), SUM({COST})
-                 FROM traces t JOIN observations o ON o.project_id = t.project_id AND o.trace_id = t.id
+                 FROM traces t JOIN observations o INDEXED BY observations_usage
+                   ON o.project_id = t.project_id AND o.trace_id = t.id
                  WHERE {clause} GROUP BY 1, 2"
             ))?;
             let rows = per_model.query_map(rusqlite::params_from_iter(values.iter()), |r| {
