@@ -3,7 +3,8 @@
 Owns the end-to-end checks of `ui/src/traces_page.rs`, `trace_view.rs`, `trace_tree.rs`,
 `sessions_page.rs`, `costs_page.rs`, `bar_chart.rs` and `feedback.rs`: a chat answer in the
 UI carries thumbs up / down stored as the BOOLEAN score `user-feedback` on the answer's
-trace (the chat sends `metadata.trace_id` and `session_id`); the trace shows in /traces,
+trace (the chat sends `metadata.trace_id` and `session_id`), found again with its vote
+when the conversation is reopened; the trace shows in /traces,
 opens as a tree with the generation's model and tokens, and its conversation is a session
 in /sessions; /costs draws SVG bar charts. A second test ingests traces through the
 Langfuse API to check the tree's nesting and timeline, the filters and the pagination. A
@@ -107,6 +108,14 @@ def test_chat_feedback_traces_sessions_and_costs(page: Page, server) -> None:
     up.click()
     expect(up).to_have_attribute("aria-pressed", "true")
     trace = get_trace_when(base_url, trace_id, lambda t: [s["value"] for s in feedback_scores(t)] == [1])
+    # A reopened conversation finds its answer's trace and shows the vote.
+    page.reload()
+    page.get_by_test_id("conversation-item").filter(has_text=PROMPT).first.click()
+    expect(page.get_by_test_id("message-assistant")).to_have_count(1, timeout=10_000)
+    expect(feedback).to_have_attribute("data-trace-id", trace_id, timeout=10_000)
+    expect(up).to_have_attribute("aria-pressed", "true")
+    expect(down).to_have_attribute("aria-pressed", "false")
+
     [generation] = [o for o in trace["observations"] if o["type"] == "GENERATION"]
     assert generation["model"] == CHAT_MODEL
     usage = generation["usage"]

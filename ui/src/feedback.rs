@@ -77,14 +77,19 @@ pub async fn find_answer_traces(
         let voted = trace.scores.contains(&score_id(&trace.id));
         let vote = if voted {
             // The list names the score; its value is on the trace.
-            traces_api::get_trace(&trace.id).await.ok().and_then(|detail| {
-                detail
-                    .scores
-                    .iter()
-                    .find(|score| score.name == FEEDBACK_SCORE && score.observation_id.is_none())
-                    .and_then(|score| score.value)
-                    .map(|value| value != 0.0)
-            })
+            traces_api::get_trace(&trace.id)
+                .await
+                .ok()
+                .and_then(|detail| {
+                    detail
+                        .scores
+                        .iter()
+                        .find(|score| {
+                            score.name == FEEDBACK_SCORE && score.observation_id.is_none()
+                        })
+                        .and_then(|score| score.value)
+                        .map(|value| value != 0.0)
+                })
         } else {
             None
         };
@@ -124,7 +129,6 @@ impl Vote {
 pub fn FeedbackButtons(
     trace_id: String,
     /// The vote already stored (`Some(true)` for thumbs up).
-    #[prop(optional)]
     initial: Option<bool>,
 ) -> impl IntoView {
     let chosen = RwSignal::new(initial.map(|up| if up { Vote::Up } else { Vote::Down }));
