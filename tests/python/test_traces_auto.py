@@ -155,7 +155,8 @@ def test_each_call_becomes_a_trace_with_a_priced_generation(gateway, two_calls):
     assert plain["observations"][0]["output"] == {"role": "assistant", "content": "Paris."}
     assert plain["observations"][0]["modelParameters"]["temperature"] == 0.3
     assert streamed["observations"][0]["modelParameters"]["stream"] is True
-    assert streamed["observations"][0]["completionStartTime"] is not None
+    first_token = streamed["observations"][0]
+    assert first_token["startTime"] <= first_token["completionStartTime"] <= first_token["endTime"]
 
     session = httpx.get(gateway + "/api/public/sessions/auto-session", auth=("pk-auto", MASTER), timeout=10).json()
     assert sorted(t["id"] for t in session["traces"]) == sorted([plain["id"], streamed["id"]])

@@ -157,7 +157,7 @@ impl Call {
                     api_base: served.map_or("", |s| s.api_base.as_str()),
                     start_ms: self.start_ms,
                     end_ms,
-                    first_piece_ms: scan.first_piece_ms,
+                    first_token_ms: scan.first_token_ms,
                     streamed: self.streamed,
                     input_tokens: usage.input_tokens,
                     output_tokens: usage.output_tokens,

@@ -39,8 +39,8 @@ pub struct UsageScan {
     streamed_text: String,
     /// What the streamed pieces were: chat deltas, completion text, or Anthropic text.
     streamed_kind: StreamedKind,
-    /// When the first piece of a stream passed (Unix ms), for time to first token.
-    pub first_piece_ms: Option<i64>,
+    /// When the first piece of generated text passed (Unix ms): time to first token.
+    pub first_token_ms: Option<i64>,
 }
 
 impl UsageScan {
@@ -56,7 +56,7 @@ impl UsageScan {
             output: None,
             streamed_text: String::new(),
             streamed_kind: StreamedKind::Text,
-            first_piece_ms: None,
+            first_token_ms: None,
         }
     }
 
@@ -68,9 +68,6 @@ impl UsageScan {
 
     /// Takes the next piece of the body; returns what to pass on to the client now.
     pub fn push(&mut self, bytes: Bytes) -> Bytes {
-        if self.first_piece_ms.is_none() && !bytes.is_empty() {
-            self.first_piece_ms = Some(crate::clock::unix_ms());
-        }
         if !self.stream {
             if self.pending.len() + bytes.len() <= MAX_WHOLE_BYTES {
                 self.pending.extend_from_slice(&bytes);
@@ -145,7 +142,8 @@ impl UsageScan {
             return false;
         };
         // Most chunks carry no usage: parse only those that might (or all, to capture).
-        let might = self.capture || self.response_id.is_none() || contains(payload, b"\"usage\"");
+        let might =
+            self.capture || self.first_token_ms.is_none() || contains(payload, b"\"usage\"");
         if !might {
             return false;
         }
@@ -153,6 +151,9 @@ impl UsageScan {
             return false;
         };
         self.take(&value);
+        if self.first_token_ms.is_none() && has_text(&value) {
+            self.first_token_ms = Some(crate::clock::unix_ms());
+        }
         if self.capture {
             // OpenAI chunks (`choices[0].delta.content`, `choices[0].text`), Anthropic deltas.
             let pieces = [
@@ -192,6 +193,15 @@ impl UsageScan {
             }
         }
     }
+}
+
+/// Whether a stream chunk carries generated text (OpenAI's or Anthropic's).
+fn has_text(value: &Value) -> bool {
+    let non_empty = |v: &Value| v.as_str().is_some_and(|s| !s.is_empty());
+    non_empty(&value["choices"][0]["delta"]["content"])
+        || non_empty(&value["choices"][0]["text"])
+        || non_empty(&value["delta"]["text"])
+        || value["choices"][0]["delta"]["tool_calls"].is_array()
 }
 
 #[derive(Clone, Copy)]

@@ -766,7 +766,8 @@ impl super::Store {
     ) -> anyhow::Result<Vec<DailyMetrics>> {
         self.with_connection(move |c| {
             let (clause, values) = trace_where(&project, &filter);
-            let mut days: std::collections::BTreeMap<i64, DailyMetrics> = std::collections::BTreeMap::new();
+            let mut days: std::collections::BTreeMap<i64, DailyMetrics> =
+                std::collections::BTreeMap::new();
             let mut per_day = c.prepare(&format!(
                 "SELECT t.timestamp / 86400000, COUNT(*) FROM traces t WHERE {clause} GROUP BY 1"
             ))?;
