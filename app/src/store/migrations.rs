@@ -96,7 +96,7 @@ const MIGRATIONS: &[&str] = &[
         public INTEGER,
         updated_at INTEGER NOT NULL,
         PRIMARY KEY (project_id, id)
-    ) WITHOUT ROWID;
+    );
     CREATE INDEX traces_by_time ON traces(project_id, timestamp);
     CREATE INDEX traces_by_user ON traces(project_id, user_id, timestamp);
     CREATE INDEX traces_by_session ON traces(project_id, session_id, timestamp);
@@ -129,11 +129,12 @@ const MIGRATIONS: &[&str] = &[
         calculated_output_cost REAL,
         updated_at INTEGER NOT NULL,
         PRIMARY KEY (project_id, id)
-    ) WITHOUT ROWID;
-    CREATE INDEX observations_by_trace ON observations(project_id, trace_id, start_time);
+    );
     CREATE INDEX observations_by_time ON observations(project_id, start_time);
-    CREATE INDEX observations_usage ON observations(project_id, trace_id, model, usage_input,
-        usage_output, usage_total, provided_cost, calculated_input_cost, calculated_output_cost);
+    -- A trace's observations by start, covering what trace aggregates and daily metrics read.
+    CREATE INDEX observations_by_trace ON observations(project_id, trace_id, start_time,
+        end_time, model, usage_input, usage_output, usage_total, provided_cost,
+        calculated_input_cost, calculated_output_cost);
     CREATE TABLE scores (
         project_id TEXT NOT NULL,
         id TEXT NOT NULL,
@@ -149,7 +150,7 @@ const MIGRATIONS: &[&str] = &[
         timestamp INTEGER NOT NULL,
         metadata TEXT,
         PRIMARY KEY (project_id, id)
-    ) WITHOUT ROWID;
+    );
     CREATE INDEX scores_by_trace ON scores(project_id, trace_id);
     CREATE TABLE ingested_events (
         project_id TEXT NOT NULL,

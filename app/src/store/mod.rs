@@ -47,8 +47,16 @@ impl Store {
         connection
             .pragma_update(None, "foreign_keys", "ON")
             .context("enabling foreign keys")?;
+        // Reads over large trace tables stay in memory (64 MiB of pages).
+        connection
+            .pragma_update(None, "cache_size", -65_536)
+            .context("sizing the page cache")?;
         migrations::run(&mut connection)
             .with_context(|| format!("migrating database {}", path.display()))?;
+        // Statistics for the query planner, cheap when they are fresh.
+        connection
+            .execute_batch("PRAGMA optimize=0x10002;")
+            .context("optimizing the database")?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
         })

@@ -622,7 +622,7 @@ impl super::Store {
             add_aggregates(c, &project, &mut trace)?;
             let observations = c
                 .prepare_cached(&format!(
-                    "SELECT {OBSERVATION_COLUMNS} FROM observations o
+                    "SELECT {OBSERVATION_COLUMNS} FROM observations o INDEXED BY observations_by_trace
                      WHERE o.project_id = ?1 AND o.trace_id = ?2 ORDER BY o.start_time, o.id"
                 ))?
                 .query_map(params![project, id], observation_from_row)?
@@ -683,13 +683,19 @@ impl super::Store {
                     Sql::Text(v.clone()),
                 );
             }
+            // Without statistics SQLite may scan the primary key: name the index.
+            let index = if f.trace_id.is_some() {
+                "observations_by_trace"
+            } else {
+                "observations_by_time"
+            };
             let total: i64 = c.query_row(
-                &format!("SELECT COUNT(*) FROM observations o WHERE {clause}"),
+                &format!("SELECT COUNT(*) FROM observations o INDEXED BY {index} WHERE {clause}"),
                 rusqlite::params_from_iter(values.iter()),
                 |r| r.get(0),
             )?;
             let mut statement = c.prepare(&format!(
-                "SELECT {OBSERVATION_COLUMNS} FROM observations o WHERE {clause}
+                "SELECT {OBSERVATION_COLUMNS} FROM observations o INDEXED BY {index} WHERE {clause}
                  ORDER BY o.start_time DESC, o.id LIMIT {limit} OFFSET {}",
                 (page.max(1) - 1) * limit
             ))?;
@@ -784,7 +790,7 @@ impl super::Store {
                 "SELECT t.timestamp / 86400000, o.model, COUNT(*), COUNT(DISTINCT o.trace_id),
                         SUM(COALESCE(o.usage_input, 0)), SUM(COALESCE(o.usage_output, 0)),
                         SUM(COALESCE(o.usage_total, 0)), SUM({COST})
-                 FROM traces t JOIN observations o INDEXED BY observations_usage
+                 FROM traces t JOIN observations o INDEXED BY observations_by_trace
                    ON o.project_id = t.project_id AND o.trace_id = t.id
                  WHERE {clause} GROUP BY 1, 2"
             ))?;
@@ -860,7 +866,8 @@ fn add_aggregates(
     let (start, end, cost): (Option<i64>, Option<i64>, Option<f64>) = c
         .prepare_cached(&format!(
             "SELECT MIN(o.start_time), MAX(COALESCE(o.end_time, o.start_time)), SUM({COST})
-             FROM observations o WHERE o.project_id = ?1 AND o.trace_id = ?2"
+             FROM observations o INDEXED BY observations_by_trace
+             WHERE o.project_id = ?1 AND o.trace_id = ?2"
         ))?
         .query_row(params![project, trace.id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
