@@ -300,7 +300,15 @@ impl LiteLlmConfig {
                 }
             }
         };
-        let api_base = resolved("api_base").map(|b| b.trim_end_matches('/').to_string());
+        // As LiteLLM: without an `api_base`, the provider's base-URL variable, if set.
+        let base_variables: &[&str] = match provider.as_str() {
+            "openai" => &["OPENAI_API_BASE", "OPENAI_BASE_URL"],
+            "anthropic" => &["ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"],
+            _ => &[],
+        };
+        let api_base = resolved("api_base")
+            .or_else(|| base_variables.iter().find_map(|name| env(name)))
+            .map(|b| b.trim_end_matches('/').to_string());
         let api_key = resolved("api_key");
         let weight = params
             .get("weight")

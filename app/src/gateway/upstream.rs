@@ -99,6 +99,16 @@ fn context_window_error(body: &[u8]) -> bool {
         || message.contains("prompt is too long")
 }
 
+/// The wait before retry `attempt` (1, 2, ...): 50 ms doubling, at most 1 s, with jitter
+/// so that clients retrying together spread out.
+fn backoff(attempt: u32) -> Duration {
+    let base = 50u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(5))
+        .min(1000);
+    let jitter = rand::random_range(0..=base / 2);
+    Duration::from_millis(base + jitter)
+}
+
 fn retryable(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
@@ -531,6 +541,9 @@ async fn attempt(
     let started = Instant::now();
     let mut last_failure: Option<Response> = None;
     for attempt in 0..=gateway.num_retries {
+        if attempt > 0 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
         let now = super::unix_now();
         let ready: Vec<Candidate<'_>> = group
             .iter()

@@ -249,8 +249,11 @@ fn upsert_observation(
         now
     ])
     .context("upserting an observation")?;
-    // Price the merged row: model and usage may have come in different events.
-    if o.model.is_some() || o.usage_input.is_some() || o.usage_output.is_some() {
+    // Price the merged row: model and usage may have come in different events. A cost
+    // the client gave wins, so there is nothing to price then.
+    if o.provided_cost.is_none()
+        && (o.model.is_some() || o.usage_input.is_some() || o.usage_output.is_some())
+    {
         // (model, input tokens, output tokens, start time)
         type Priced = (Option<String>, Option<i64>, Option<i64>, i64);
         let merged: Option<Priced> = tx

@@ -87,7 +87,10 @@ impl Writer {
         let thread_dropped = dropped.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(connection, receiver, prices, thread_dropped))
+            .spawn(move || {
+                lower_priority();
+                run(connection, receiver, prices, thread_dropped)
+            })
             .context("starting the store writer")?;
         Ok(Self {
             sender,
@@ -138,6 +141,23 @@ impl Writer {
             return false;
         }
         wait.recv_timeout(timeout).is_ok()
+    }
+}
+
+/// Background work yields to requests: the writer thread runs at nice 10, so on a busy
+/// machine the HTTP workers get the CPU first (requests never wait on the writer).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority on our own thread id only
+        // changes this thread's nice value (per-thread on Linux).
+        let result = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 10)
+        };
+        if result != 0 {
+            tracing::debug!("could not lower the writer thread's priority");
+        }
     }
 }
 
