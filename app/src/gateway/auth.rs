@@ -42,7 +42,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Compares in time independent of where the strings first differ.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())

@@ -18,6 +18,7 @@ use axum::http::{HeaderMap, header};
 use base64::Engine;
 
 use crate::config::{ProjectConfig, TracesConfig};
+use crate::gateway::auth::same;
 
 /// The project automatic traces go to, and the one used without configured projects.
 pub const DEFAULT_PROJECT: &str = "default";
@@ -73,13 +74,4 @@ impl Tracing {
             Some(_) => None,
         }
     }
-}
-
-/// Compares in time independent of where the strings first differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }

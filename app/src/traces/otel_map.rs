@@ -241,7 +241,19 @@ pub fn span_events(span: &OtelSpan) -> Vec<TraceEvent> {
         trace.input = trace.input.or_else(|| input.clone());
         trace.output = trace.output.or_else(|| output.clone());
     }
-    events.push(TraceEvent::Trace(trace));
+    // Langfuse writes a trace for a root span or a span that sets trace fields; any other
+    // span only needs the trace to exist, which its observation ensures.
+    let updates_trace = trace.name.is_some()
+        || trace.user_id.is_some()
+        || trace.session_id.is_some()
+        || trace.tags.is_some()
+        || trace.input.is_some()
+        || trace.output.is_some()
+        || trace.metadata.is_some()
+        || trace.public.is_some();
+    if is_root || updates_trace {
+        events.push(TraceEvent::Trace(trace));
+    }
     let completion_start_time = string(a, &["langfuse.observation.completion_start_time"])
         .and_then(|t| super::ingest::parse_time(t.trim_matches('"')));
     events.push(TraceEvent::Observation(Box::new(ObservationUpsert {
