@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::gateway::ledger::Served;
+use crate::openai::EngineReport;
 use crate::openai::chat::chat_completions;
 use crate::openai::json::{OpenAiJson, parse_json};
 use crate::state::AppState;
@@ -50,9 +51,13 @@ pub async fn messages(State(state): State<AppState>, body: Bytes) -> Response {
     let answer = dispatch(&state, &model, openai).await;
     // Who served it matters to the meter, whatever the answer's shape.
     let served = answer.extensions().get::<Served>().cloned();
+    let report = answer.extensions().get::<EngineReport>().cloned();
     let mut translated = translate(answer, &model).await;
     if let Some(served) = served {
         translated.extensions_mut().insert(served);
+    }
+    if let Some(report) = report {
+        translated.extensions_mut().insert(report);
     }
     translated
 }

@@ -19,6 +19,7 @@ use super::keys::{KeyPermit, Refusal};
 use super::ledger::{Finished, Ledger, Served};
 use super::usage::UsageScan;
 use crate::error::AppError;
+use crate::openai::EngineReport;
 use crate::state::AppState;
 use crate::traces::auto::{self, CallOutcome, CallTrace};
 
@@ -121,7 +122,13 @@ struct Call {
 }
 
 impl Call {
-    fn finish(self, scan: &UsageScan, status: u16, served: Option<&Served>) {
+    fn finish(
+        self,
+        scan: &UsageScan,
+        status: u16,
+        served: Option<&Served>,
+        engine: Option<&EngineReport>,
+    ) {
         let usage = scan.usage.unwrap_or_default();
         if let (Some(gateway), Some(deployment)) =
             (&self.gateway, served.and_then(|s| s.deployment))
@@ -167,6 +174,7 @@ impl Call {
                     cache_hit: served.is_some_and(|s| s.cache_hit),
                     key_alias,
                     request_id: &request_id,
+                    engine: engine.and_then(EngineReport::get),
                 },
             );
             self.ledger.writer.record_traces(events);
@@ -311,6 +319,7 @@ pub async fn meter(State(state): State<AppState>, request: Request, next: Next) 
 async fn metered(response: Response, call: Call, strip_usage: bool, capture: bool) -> Response {
     let status = response.status().as_u16();
     let served = response.extensions().get::<Served>().cloned();
+    let engine = response.extensions().get::<EngineReport>().cloned();
     let streaming = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -323,13 +332,18 @@ async fn metered(response: Response, call: Call, strip_usage: bool, capture: boo
             scan = scan.capturing();
         }
         let Ok(bytes) = axum::body::to_bytes(body, MAX_ANSWER_BYTES).await else {
-            call.finish(&scan, StatusCode::BAD_GATEWAY.as_u16(), served.as_ref());
+            call.finish(
+                &scan,
+                StatusCode::BAD_GATEWAY.as_u16(),
+                served.as_ref(),
+                engine.as_ref(),
+            );
             return AppError::Internal(anyhow::anyhow!("an answer could not be read"))
                 .into_response();
         };
         let bytes = scan.push(bytes);
         scan.finish();
-        call.finish(&scan, status, served.as_ref());
+        call.finish(&scan, status, served.as_ref(), engine.as_ref());
         return Response::from_parts(parts, Body::from(bytes));
     }
     let mut scan = UsageScan::new(true, strip_usage);
@@ -341,6 +355,7 @@ async fn metered(response: Response, call: Call, strip_usage: bool, capture: boo
         call: Some(call),
         status,
         served,
+        engine,
     };
     let mut upstream = body.into_data_stream();
     let chunks = async_stream::stream! {
@@ -372,12 +387,18 @@ struct StreamMeter {
     call: Option<Call>,
     status: u16,
     served: Option<Served>,
+    engine: Option<EngineReport>,
 }
 
 impl Drop for StreamMeter {
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
-            call.finish(&self.scan, self.status, self.served.as_ref());
+            call.finish(
+                &self.scan,
+                self.status,
+                self.served.as_ref(),
+                self.engine.as_ref(),
+            );
         }
     }
 }

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use crate::error::{AppError, AppResult};
 use crate::openai::generation::{
-    Api, ChoiceChunks, ChunkFrame, GenerationPlan, chat_logprobs, collect, merge_choices,
-    stream_choices, unix_now,
+    Api, ChoiceChunks, ChunkFrame, EngineReport, GenerationPlan, chat_logprobs, collect,
+    merge_choices, stream_choices, unix_now,
 };
 use crate::openai::json::OpenAiJson;
 use crate::openai::types::{ChatCompletionRequest, ChatMessageIn, MessageContent};
@@ -52,7 +52,13 @@ pub async fn chat_completions(
     let want_logprobs = plan.wants_logprobs();
     let streams = plan.submit(&model)?;
     let n = streams.len();
-    let events = merge_choices(streams, state.metrics.clone(), request.model.clone());
+    let report = EngineReport::default();
+    let events = merge_choices(
+        streams,
+        state.metrics.clone(),
+        request.model.clone(),
+        report.clone(),
+    );
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = unix_now();
     let name = request.model;
@@ -73,7 +79,7 @@ pub async fn chat_completions(
                 })
             })
             .collect();
-        return Ok(Json(json!({
+        let mut response = Json(json!({
             "id": id,
             "object": "chat.completion",
             "created": created,
@@ -81,7 +87,9 @@ pub async fn chat_completions(
             "choices": choices,
             "usage": collected.usage,
         }))
-        .into_response());
+        .into_response();
+        response.extensions_mut().insert(report);
+        return Ok(response);
     }
 
     let frame = ChunkFrame {
@@ -95,7 +103,9 @@ pub async fn chat_completions(
         model,
         want_logprobs,
     };
-    Ok(stream_choices(frame, n, plan.prompt_tokens, events, style))
+    let mut response = stream_choices(frame, n, plan.prompt_tokens, events, style);
+    response.extensions_mut().insert(report);
+    Ok(response)
 }
 
 struct ChatChunks {

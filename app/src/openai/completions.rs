@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use crate::error::{AppError, AppResult};
 use crate::openai::generation::{
-    Api, ChoiceChunks, ChunkFrame, GenerationPlan, collect, completion_logprobs, merge_choices,
-    stream_choices, unix_now,
+    Api, ChoiceChunks, ChunkFrame, EngineReport, GenerationPlan, collect, completion_logprobs,
+    merge_choices, stream_choices, unix_now,
 };
 use crate::openai::json::OpenAiJson;
 use crate::openai::types::{CompletionRequest, PromptField};
@@ -73,7 +73,13 @@ pub async fn completions(
     let want_logprobs = plan.wants_logprobs();
     let streams = plan.submit(&model)?;
     let n = streams.len();
-    let events = merge_choices(streams, state.metrics.clone(), request.model.clone());
+    let report = EngineReport::default();
+    let events = merge_choices(
+        streams,
+        state.metrics.clone(),
+        request.model.clone(),
+        report.clone(),
+    );
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
     let created = unix_now();
     let name = request.model;
@@ -98,7 +104,7 @@ pub async fn completions(
                 })
             })
             .collect();
-        return Ok(Json(json!({
+        let mut response = Json(json!({
             "id": id,
             "object": "text_completion",
             "created": created,
@@ -106,7 +112,9 @@ pub async fn completions(
             "choices": choices,
             "usage": collected.usage,
         }))
-        .into_response());
+        .into_response();
+        response.extensions_mut().insert(report);
+        return Ok(response);
     }
 
     let frame = ChunkFrame {
@@ -128,7 +136,9 @@ pub async fn completions(
         model,
         want_logprobs,
     };
-    Ok(stream_choices(frame, n, plan.prompt_tokens, events, style))
+    let mut response = stream_choices(frame, n, plan.prompt_tokens, events, style);
+    response.extensions_mut().insert(report);
+    Ok(response)
 }
 
 struct CompletionChunks {

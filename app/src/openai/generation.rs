@@ -197,10 +197,27 @@ pub enum ChoiceEvent {
 
 /// Merges the choices' streams, recording metrics as each one finishes. An engine failure
 /// ends the stream with an error.
+/// The engine's own account of a local generation (queue, prefill, decode, prefix-cache
+/// hits), filled when it finishes; attached to the response for the call's trace.
+#[derive(Clone, Default)]
+pub struct EngineReport(Arc<parking_lot::Mutex<Option<Completion>>>);
+
+impl EngineReport {
+    /// The first finished choice's account, once there is one.
+    pub fn get(&self) -> Option<Completion> {
+        self.0.lock().clone()
+    }
+
+    fn record(&self, completion: &Completion) {
+        self.0.lock().get_or_insert_with(|| completion.clone());
+    }
+}
+
 pub fn merge_choices(
     streams: Vec<GenerationStream>,
     metrics: Arc<Metrics>,
     model: String,
+    report: EngineReport,
 ) -> impl Stream<Item = Result<ChoiceEvent, AppError>> + Send + 'static {
     let tagged = streams.into_iter().enumerate().map(|(index, stream)| {
         UnboundedReceiverStream::new(stream).map(move |event| (index, event))
@@ -208,6 +225,7 @@ pub fn merge_choices(
     futures::stream::select_all(tagged).map(move |(index, event)| match event {
         GenerationEvent::Text { text, logprobs } => Ok(ChoiceEvent::Text(index, text, logprobs)),
         GenerationEvent::Finished(completion) => {
+            report.record(&completion);
             metrics.record_generation(&GenerationRecord {
                 model: &model,
                 prompt_tokens: completion.prompt_tokens,

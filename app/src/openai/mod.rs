@@ -5,6 +5,8 @@ pub mod chat;
 pub mod completions;
 pub mod embeddings;
 mod generation;
+
+pub use generation::EngineReport;
 pub mod json;
 pub mod models;
 pub mod tokenize;

@@ -135,6 +135,8 @@ pub struct CallOutcome<'a> {
     pub cache_hit: bool,
     pub key_alias: Option<String>,
     pub request_id: &'a str,
+    /// A local model's own account: queue, prefill and decode times, prefix-cache hits.
+    pub engine: Option<engine::Completion>,
 }
 
 /// The trace and generation events for one call.
@@ -159,13 +161,30 @@ pub fn events(call: CallTrace, outcome: CallOutcome<'_>) -> Vec<Ingest> {
         metadata: (!trace_metadata.is_empty()).then_some(Value::Object(trace_metadata)),
         ..TraceUpsert::default()
     };
-    let metadata = json!({
+    let mut metadata = json!({
         "provider": outcome.provider,
         "api_base": outcome.api_base,
         "status_code": outcome.status,
         "cache_hit": outcome.cache_hit,
         "request_id": outcome.request_id,
     });
+    let mut usage_details = None;
+    if let Some(engine) = &outcome.engine {
+        let t = &engine.timings;
+        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        metadata["engine"] = json!({
+            "queue_ms": ms(t.queued),
+            "prefill_ms": ms(t.first_token.saturating_sub(t.queued)),
+            "decode_ms": ms(t.total.saturating_sub(t.first_token)),
+            "prefix_cache_hit_tokens": engine.cached_prompt_tokens,
+        });
+        usage_details = Some(json!({
+            "input": outcome.input_tokens,
+            "output": outcome.output_tokens,
+            "total": outcome.input_tokens + outcome.output_tokens,
+            "input_cached_tokens": engine.cached_prompt_tokens,
+        }));
+    }
     let generation = ObservationUpsert {
         id: uuid::Uuid::new_v4().simple().to_string(),
         trace_id,
@@ -184,6 +203,7 @@ pub fn events(call: CallTrace, outcome: CallOutcome<'_>) -> Vec<Ingest> {
         usage_input: Some(outcome.input_tokens),
         usage_output: Some(outcome.output_tokens),
         usage_total: Some(outcome.input_tokens + outcome.output_tokens),
+        usage_details,
         provided_cost: Some(outcome.cost),
         ..ObservationUpsert::default()
     };

@@ -88,6 +88,8 @@ pub struct Completion {
     pub reason: FinishReason,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens found in the prefix cache when the sequence was first admitted.
+    pub cached_prompt_tokens: usize,
     pub timings: GenerationTimings,
 }
 
@@ -475,6 +477,7 @@ impl Worker {
         self.counters
             .prefix_hits
             .fetch_add(hit_tokens, Ordering::Relaxed);
+        sequence.note_prefix_hit(hit_tokens);
         if hit_tokens > 0 {
             sequence.start_from_cached_prefix(reused, hit_tokens);
         }

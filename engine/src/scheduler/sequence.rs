@@ -25,6 +25,8 @@ pub(super) struct Sequence {
     events: mpsc::UnboundedSender<GenerationEvent>,
     submitted: Instant,
     first_scheduled: Option<Instant>,
+    /// Prompt tokens the prefix cache held at first admission.
+    cached_prompt_tokens: Option<usize>,
     first_token: Option<Instant>,
     cache: BlockTable,
     /// All tokens fed or to be fed: the prompt, then each sampled token.
@@ -54,6 +56,7 @@ impl Sequence {
             events,
             submitted: Instant::now(),
             first_scheduled: None,
+            cached_prompt_tokens: None,
             first_token: None,
             cache: BlockTable::default(),
             generated: 0,
@@ -120,6 +123,12 @@ impl Sequence {
                     .collect()
             })
             .clone()
+    }
+
+    /// Records how much of the prompt the prefix cache held; the first admission counts.
+    pub(super) fn note_prefix_hit(&mut self, tokens: usize) {
+        self.cached_prompt_tokens
+            .get_or_insert(tokens.min(self.request.prompt.len()));
     }
 
     /// Starts from `tokens` prompt tokens already cached in `blocks`.
@@ -246,6 +255,7 @@ impl Sequence {
             reason,
             prompt_tokens: self.request.prompt.len(),
             completion_tokens: self.generated,
+            cached_prompt_tokens: self.cached_prompt_tokens.unwrap_or(0),
             timings: GenerationTimings {
                 queued: self.first_scheduled.unwrap_or(now) - self.submitted,
                 first_token: self.first_token.unwrap_or(now) - self.submitted,
