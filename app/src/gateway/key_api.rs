@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::auth::Caller;
-use super::keys::{display_name, hash_key, new_key, parse_duration};
+use super::keys::{display_name, hash_key, new_key, parse_duration, token_of};
 use crate::error::AppError;
 use crate::openai::json::OpenAiJson;
 use crate::state::AppState;
@@ -34,16 +34,6 @@ fn not_master(state: &AppState, caller: &Caller) -> Option<Response> {
         );
     }
     (!matches!(caller, Caller::Master)).then(forbidden)
-}
-
-/// A key given as itself (`sk-...`) or as its token (the SHA-256 in hex).
-fn token_of(state: &AppState, key: &str) -> String {
-    let is_token = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
-    if is_token && state.ledger.keys.get(key).is_some() {
-        key.to_string()
-    } else {
-        hash_key(key)
-    }
 }
 
 /// The key's settings as LiteLLM shows them.
@@ -235,7 +225,7 @@ pub async fn update(
     let Some(given) = body.get("key").and_then(Value::as_str) else {
         return bad("key", "the key (or its token) to update").into_response();
     };
-    let token = token_of(&state, given);
+    let token = token_of(given);
     let Some(existing) = state.ledger.keys.get(&token) else {
         return AppError::NotFound("no such key".into()).into_response();
     };
@@ -274,7 +264,7 @@ pub async fn delete(
         (Ok(keys), Ok(aliases)) => (keys, aliases),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
-    let mut tokens: Vec<String> = keys.iter().map(|k| token_of(&state, k)).collect();
+    let mut tokens: Vec<String> = keys.iter().map(|k| token_of(k)).collect();
     tokens.extend(
         aliases
             .iter()
@@ -309,13 +299,13 @@ pub async fn key_info(
     let token = match (&caller, query.key.as_deref()) {
         (Caller::Virtual(own), None) => own.token.clone(),
         (Caller::Virtual(own), Some(given)) => {
-            let token = token_of(&state, given);
+            let token = token_of(given);
             if token != own.token {
                 return forbidden();
             }
             token
         }
-        (_, Some(given)) => token_of(&state, given),
+        (_, Some(given)) => token_of(given),
         (_, None) => return bad("key", "given as ?key=").into_response(),
     };
     let Some(key) = state.ledger.keys.get(&token) else {

@@ -19,6 +19,16 @@ pub fn hash_key(key: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A key's token from either form a client may give: the key itself (`sk-...`), or its
+/// token already (64 hex digits).
+pub fn token_of(key: &str) -> String {
+    if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        key.to_ascii_lowercase()
+    } else {
+        hash_key(key)
+    }
+}
+
 /// A fresh key: `sk-` and 32 random base62 characters (190 bits).
 pub fn new_key() -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";

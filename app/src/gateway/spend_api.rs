@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::auth::Caller;
-use super::keys::hash_key;
+use super::keys::token_of;
 use crate::clock::{parse_day, rfc3339_ms};
 use crate::error::AppError;
 use crate::state::AppState;
@@ -71,14 +71,7 @@ pub async fn logs(
         (Ok(start), Ok(end)) => (start, end),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
-    let requested_key = query.api_key.as_deref().map(|key| {
-        let is_token = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
-        if is_token {
-            key.to_string()
-        } else {
-            hash_key(key)
-        }
-    });
+    let requested_key = query.api_key.as_deref().map(token_of);
     let api_key = match &caller {
         Caller::Virtual(own) => {
             if requested_key.as_ref().is_some_and(|k| *k != own.token) {

@@ -30,15 +30,23 @@ fn served_by(deployment: &Deployment) -> Served {
     }
 }
 
-/// An upstream stream passed on piece by piece, ended with an OpenAI-shaped error event
-/// if the upstream sends nothing for `idle`; keeps the deployment's in-flight count until
-/// it ends.
+/// One piece of a guarded upstream stream.
+enum Piece {
+    Bytes(axum::body::Bytes),
+    /// The upstream went quiet: the OpenAI-shaped error event and `[DONE]` that end the
+    /// client's stream, in whatever format the upstream spoke.
+    Stalled(axum::body::Bytes),
+    Failed(reqwest::Error),
+}
+
+/// An upstream stream passed on piece by piece, ended with `Piece::Stalled` if the
+/// upstream sends nothing for `idle`; keeps the deployment's in-flight count until it ends.
 fn guarded<S>(
     upstream: S,
     idle: Option<Duration>,
     model: String,
     in_flight: Option<InFlight>,
-) -> impl futures::Stream<Item = Result<axum::body::Bytes, reqwest::Error>>
+) -> impl futures::Stream<Item = Piece>
 where
     S: futures::Stream<Item = Result<axum::body::Bytes, reqwest::Error>> + Send + 'static,
 {
@@ -55,14 +63,18 @@ where
                         let event = json!({"error": {
                             "message": format!("the upstream for model {model:?} sent nothing for {:.1} s; the stream was ended", idle.as_secs_f64()),
                             "type": "upstream_error", "param": null, "code": "stream_timeout"}});
-                        yield Ok(format!("data: {event}\n\ndata: [DONE]\n\n").into());
+                        yield Piece::Stalled(format!("data: {event}\n\ndata: [DONE]\n\n").into());
                         break;
                     }
                 },
                 None => next.await,
             };
             match piece {
-                Some(piece) => yield piece,
+                Some(Ok(bytes)) => yield Piece::Bytes(bytes),
+                Some(Err(error)) => {
+                    yield Piece::Failed(error);
+                    break;
+                }
                 None => break,
             }
         }
@@ -250,58 +262,79 @@ async fn relay_bedrock(
 ) -> Response {
     let model = deployment.model_name.clone();
     if request.get("stream").and_then(Value::as_bool) != Some(true) {
-        return match response.json::<Value>().await {
-            Ok(answer) => {
-                axum::Json(bedrock::to_openai_completion(&answer, &model)).into_response()
-            }
-            Err(_) => error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
-                format!("the upstream for model {model:?} sent an unreadable answer"),
-            ),
-        };
+        return whole_answer(response, &model, bedrock::to_openai_completion).await;
     }
     let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
     let mut translator = bedrock::StreamTranslator::new(&model, include_usage);
-    let mut upstream = Box::pin(guarded(
+    let mut pieces = Box::pin(guarded(
         response.bytes_stream(),
         idle,
         model.clone(),
         in_flight,
     ));
-    let chunks = async_stream::stream! {
+    event_stream(async_stream::stream! {
         let mut decoder = bedrock::EventStreamDecoder::default();
-        'read: while let Some(Ok(bytes)) = futures::StreamExt::next(&mut upstream).await {
-            // An SSE error event from the idle guard passes on as it is.
-            if bytes.starts_with(b"data: ") {
-                yield Ok::<axum::body::Bytes, std::convert::Infallible>(bytes);
-                translator.done = true;
-                break;
-            }
+        while let Some(piece) = futures::StreamExt::next(&mut pieces).await {
+            let bytes = match piece {
+                Piece::Bytes(bytes) => bytes,
+                Piece::Stalled(end) => {
+                    yield end;
+                    translator.done = true;
+                    break;
+                }
+                Piece::Failed(_) => break,
+            };
             let events = match decoder.push(&bytes) {
                 Ok(events) => events,
                 Err(e) => {
                     tracing::warn!(model, "unreadable Bedrock event stream: {e}");
-                    break 'read;
+                    break;
                 }
             };
             for event in events {
                 let out = translator.push(&event);
                 if !out.is_empty() {
-                    yield Ok(out.into());
+                    yield out.into();
                 }
             }
         }
         if !translator.done {
-            yield Ok("data: [DONE]\n\n".into());
+            // Cut short: end the stream so clients do not wait forever.
+            yield "data: [DONE]\n\n".into();
         }
-    };
-    let mut relayed = Response::new(Body::from_stream(chunks));
-    relayed.headers_mut().insert(
+    })
+}
+
+/// A translated whole answer, or a 502 if the upstream's is not JSON.
+async fn whole_answer(
+    response: reqwest::Response,
+    model: &str,
+    translate: fn(&Value, &str) -> Value,
+) -> Response {
+    match response.json::<Value>().await {
+        Ok(answer) => axum::Json(translate(&answer, model)).into_response(),
+        Err(_) => error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!("the upstream for model {model:?} sent an unreadable answer"),
+        ),
+    }
+}
+
+/// An SSE response of translated chunks.
+fn event_stream(
+    chunks: impl futures::Stream<Item = axum::body::Bytes> + Send + 'static,
+) -> Response {
+    let body = Body::from_stream(futures::StreamExt::map(
+        chunks,
+        Ok::<_, std::convert::Infallible>,
+    ));
+    let mut response = Response::new(body);
+    response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
-    relayed
+    response
 }
 
 /// An OpenAI-compatible answer, passed through byte for byte: streams as they come, whole
@@ -319,12 +352,11 @@ async fn relay(
         .unwrap_or(HeaderValue::from_static("application/json"));
     let streaming = content_type.as_bytes().starts_with(b"text/event-stream");
     let body = if streaming {
-        Body::from_stream(guarded(
-            response.bytes_stream(),
-            idle,
-            model.to_string(),
-            in_flight,
-        ))
+        let pieces = guarded(response.bytes_stream(), idle, model.to_string(), in_flight);
+        Body::from_stream(futures::StreamExt::map(pieces, |piece| match piece {
+            Piece::Bytes(bytes) | Piece::Stalled(bytes) => Ok(bytes),
+            Piece::Failed(error) => Err(error),
+        }))
     } else {
         match response.bytes().await {
             Ok(bytes) => Body::from(bytes),
@@ -354,46 +386,40 @@ async fn relay_anthropic(
 ) -> Response {
     let model = deployment.model_name.clone();
     if request.get("stream").and_then(Value::as_bool) != Some(true) {
-        return match response.json::<Value>().await {
-            Ok(message) => {
-                axum::Json(anthropic_wire::to_openai_completion(&message, &model)).into_response()
-            }
-            Err(_) => error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_error",
-                format!("the upstream for model {model:?} sent an unreadable answer"),
-            ),
-        };
+        return whole_answer(response, &model, anthropic_wire::to_openai_completion).await;
     }
     let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
     let mut translator = anthropic_wire::StreamTranslator::new(&model, include_usage);
-    let mut upstream = Box::pin(guarded(
+    let mut pieces = Box::pin(guarded(
         response.bytes_stream(),
         idle,
         model.clone(),
         in_flight,
     ));
-    let chunks = async_stream::stream! {
+    event_stream(async_stream::stream! {
         let mut sse = crate::sse::SseData::default();
-        while let Some(Ok(bytes)) = futures::StreamExt::next(&mut upstream).await {
+        while let Some(piece) = futures::StreamExt::next(&mut pieces).await {
+            let bytes = match piece {
+                Piece::Bytes(bytes) => bytes,
+                Piece::Stalled(end) => {
+                    yield end;
+                    translator.done = true;
+                    break;
+                }
+                Piece::Failed(_) => break,
+            };
             for payload in sse.push(&bytes) {
                 let out = translator.push(&payload);
                 if !out.is_empty() {
-                    yield Ok::<axum::body::Bytes, std::convert::Infallible>(out.into());
+                    yield out.into();
                 }
             }
         }
         if !translator.done {
             // Cut short: end the stream so clients do not wait forever.
-            yield Ok("data: [DONE]\n\n".into());
+            yield "data: [DONE]\n\n".into();
         }
-    };
-    let mut relayed = Response::new(Body::from_stream(chunks));
-    relayed.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    relayed
+    })
 }
 
 /// The Messages API version agentbox speaks.
