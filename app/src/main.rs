@@ -101,6 +101,9 @@ struct ServeArgs {
     /// The key /v1 calls must present (environment only, so it stays out of `ps`)
     #[arg(skip = std::env::var("AGENTBOX_MASTER_KEY").ok())]
     master_key: Option<String>,
+    /// Postgres for the store (environment only: it may hold a password)
+    #[arg(skip = std::env::var("AGENTBOX_DATABASE_URL").ok())]
+    database_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -141,6 +144,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         litellm_config: args.litellm_config,
         master_key: args.master_key,
+        database_url: args.database_url,
     })?;
     // SAFETY: still single-threaded here; the async runtime starts below.
     unsafe { engine::set_cpu_threads(config.threads) }.context("configuring CPU threads")?;
@@ -165,7 +169,8 @@ fn print_gpu_samples(args: &GpuArgs) -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let store = store::Store::open(&config.data_dir)?;
+    let store = store::Store::open(&config.data_dir, config.database_url.as_deref()).await?;
+    tracing::info!("store: {}", store.describe());
     let gpu = tokio::task::spawn_blocking({
         let config = config.clone();
         let store = store.clone();
@@ -192,7 +197,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("a master key guards /v1");
     }
     let keys = gateway::keys::KeyRegistry::new(store.load_keys().await?);
-    let writer = store::Writer::start(&config.data_dir, prices.clone(), metrics.registry())?;
+    let writer = store::Writer::start(&store, prices.clone(), metrics.registry())?;
     let ledger = gateway::Ledger::new(
         keys,
         prices,

@@ -10,7 +10,6 @@ agentbox with a master key routes to it. The tests generate keys with LiteLLM's
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import gateway_server
+from conftest import gateway_server, lock_store, query_store
 
 MASTER = "sk-master-keys-test"
 # model_info prices: 10 * 0.001 + 5 * 0.002 = 0.02 per call.
@@ -190,10 +189,8 @@ def test_a_key_is_shown_once_stored_hashed_and_its_spend_is_counted(gateway):
     # A virtual key may not manage keys, nor read another key.
     assert admin(url, "/key/generate", {}, key=key).status_code == 403
 
-    # Only the key's hash is on disk.
-    db = sqlite3.connect(data_dir / "agentbox.db")
-    stored = db.execute("SELECT token, spend FROM virtual_keys").fetchall()
-    db.close()
+    # Only the key's hash is stored.
+    stored = query_store(data_dir, "SELECT token, spend FROM virtual_keys")
     assert key not in json.dumps(stored)
     assert any(len(token) == 64 for token, _ in stored)
 
@@ -338,14 +335,13 @@ def test_least_busy_sends_to_the_deployment_with_fewer_calls_in_flight(upstream,
 
 
 def test_a_locked_database_never_stalls_requests_and_the_rows_arrive_later(gateway):
-    """The spend log's disk is unavailable (another process holds the write lock) for
-    3 s: calls must still answer at once, and their rows must be written afterwards."""
+    """The spend log's store is unavailable (another process holds the write lock, SQLite's
+    or every Postgres table's) for 3 s: calls must still answer at once, and their rows
+    must be written afterwards."""
     url, data_dir = gateway
     key = admin(url, "/key/generate", {}).json()["key"]
     client = sdk(url, key)
-    blocker = sqlite3.connect(data_dir / "agentbox.db", isolation_level=None, timeout=10)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
+    with lock_store(data_dir):
         timings = []
         for _ in range(10):
             started = time.monotonic()
@@ -353,9 +349,6 @@ def test_a_locked_database_never_stalls_requests_and_the_rows_arrive_later(gatew
             timings.append(time.monotonic() - started)
         assert max(timings) < 1.0, timings
         time.sleep(1.0)
-    finally:
-        blocker.execute("COMMIT")
-        blocker.close()
     rows = spend_rows(url, key, 10)
     assert len(rows) == 10, rows
     dropped = [line for line in httpx.get(url + "/metrics").text.splitlines()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -25,7 +24,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from conftest import (READY_TIMEOUT_S, _find_binary, _free_port, _log_tail, config_server,
-                      extra_server)
+                      extra_server, server_env)
 
 MASTER = "sk-traces-ingest-test"
 AUTH = ("pk-ingest", MASTER)
@@ -441,13 +440,15 @@ def test_each_project_sees_only_its_own_traces(tmp_path):
 
 
 def start_agentbox(data_dir, *args: str):
-    """An `agentbox serve` we can SIGKILL: (process, base URL, log path)."""
+    """An `agentbox serve` we can SIGKILL: (process, base URL, log path). Its store (SQLite
+    in `data_dir`, or that data dir's Postgres database) is the one a later `extra_server`
+    on `data_dir` opens."""
     port = _free_port()
     log_path = data_dir / f"agentbox-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(_find_binary()), "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir), *args],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(os.environ))
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=server_env(data_dir))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:

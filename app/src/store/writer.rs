@@ -1,4 +1,4 @@
-//! The store's one writer thread, on its own connection (WAL, `synchronous=FULL`: a
+//! The store's one writer thread, on its own connection to either backend (a `Sink`: a
 //! commit is on disk when it returns). Spend rows are fire-and-forget: gathered for up to
 //! 50 ms per transaction, never waited on by a request. Trace ingestion waits for its
 //! commit (the API answers 2xx only once the events are durable), and commits as soon as
@@ -7,17 +7,15 @@
 //! `agentbox_spend_log_dropped_total`) and refuses ingestion (the caller answers 503), so
 //! memory never grows without bound.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::spend::{self, SpendRecord};
-use super::traces::{self, Ingest};
+use super::Store;
+use super::records::{Ingest, SpendRecord};
 use crate::pricing::PriceTable;
 
 /// Messages waiting for the writer at most.
@@ -32,6 +30,20 @@ const RETRY_DELAYS: &[Duration] = &[
     Duration::from_millis(500),
     Duration::from_secs(2),
 ];
+
+/// Where the writer thread commits: one backend connection.
+pub(super) trait Sink: Send + 'static {
+    /// Writes spend rows and trace events in one durable transaction. Returns, per
+    /// awaited ingest batch, whether each event was new (not a duplicate event id).
+    fn write(
+        &mut self,
+        spend: &[SpendRecord],
+        traces: &[Ingest],
+        ingests: &[&[Ingest]],
+        prices: &PriceTable,
+        now: i64,
+    ) -> anyhow::Result<Vec<Vec<bool>>>;
+}
 
 type IngestReply = oneshot::Sender<Result<Vec<bool>, String>>;
 
@@ -62,17 +74,11 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer thread on its own connection to the store's database.
     pub fn start(
-        data_dir: &Path,
+        store: &Store,
         prices: Arc<PriceTable>,
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Self> {
-        let path = data_dir.join("agentbox.db");
-        let connection = Connection::open(&path)
-            .with_context(|| format!("opening {} for the writer", path.display()))?;
-        connection.busy_timeout(Duration::from_secs(5))?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
-        // Random trace ids insert all over the B-trees: keep them in memory (128 MiB).
-        connection.pragma_update(None, "cache_size", -131_072)?;
+        let sink = store.writer_sink()?;
         let dropped = prometheus::IntCounter::new(
             "agentbox_spend_log_dropped_total",
             "Spend-log rows dropped because the writer's queue was full or the disk failed.",
@@ -89,7 +95,7 @@ impl Writer {
             .name("store-writer".into())
             .spawn(move || {
                 lower_priority();
-                run(connection, receiver, prices, thread_dropped)
+                run(sink, receiver, prices, thread_dropped)
             })
             .context("starting the store writer")?;
         Ok(Self {
@@ -194,7 +200,7 @@ impl Batch {
 }
 
 fn run(
-    mut connection: Connection,
+    mut sink: Box<dyn Sink>,
     receiver: Receiver<Message>,
     prices: Arc<PriceTable>,
     dropped: prometheus::IntCounter,
@@ -219,12 +225,12 @@ fn run(
                 None => break,
             }
         }
-        commit(&mut connection, batch, &prices, &dropped);
+        commit(sink.as_mut(), batch, &prices, &dropped);
     }
 }
 
 fn commit(
-    connection: &mut Connection,
+    sink: &mut dyn Sink,
     batch: Batch,
     prices: &PriceTable,
     dropped: &prometheus::IntCounter,
@@ -239,17 +245,9 @@ fn commit(
         ..
     } = batch;
     loop {
-        let result = (|| -> anyhow::Result<Vec<Vec<bool>>> {
-            let tx = connection.transaction()?;
-            spend::insert(&tx, &spend)?;
-            traces::apply(&tx, &traces, prices, now)?;
-            let mut applied = Vec::with_capacity(ingests.len());
-            for (events, _) in &ingests {
-                applied.push(traces::apply(&tx, events, prices, now)?);
-            }
-            tx.commit().context("committing")?;
-            Ok(applied)
-        })();
+        let awaited: Vec<&[Ingest]> = ingests.iter().map(|(events, _)| &events[..]).collect();
+        let result = sink.write(&spend, &traces, &awaited, prices, now);
+        drop(awaited);
         match result {
             Ok(applied) => {
                 for ((_, reply), applied) in ingests.drain(..).zip(applied) {

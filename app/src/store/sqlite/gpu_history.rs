@@ -4,10 +4,10 @@
 use anyhow::Context;
 use rusqlite::params;
 
-use super::Store;
+use super::Db;
 use crate::gpu::HistoryPoint;
 
-impl Store {
+impl Db {
     /// Stores finished buckets and drops rows from before `keep_from_ms`. Blocking: the
     /// GPU monitor calls it from its own thread.
     pub fn insert_gpu_history(
@@ -91,7 +91,7 @@ mod tests {
     #[tokio::test]
     async fn history_is_stored_read_back_in_order_and_pruned() {
         let dir = std::env::temp_dir().join(format!("agentbox-gpu-history-{}", std::process::id()));
-        let store = Store::open(&dir).unwrap();
+        let store = Db::open(&dir).unwrap();
         let rows = vec![
             ("GPU-b".to_string(), point(2_000, 20.0)),
             ("GPU-a".to_string(), point(61_000, 61.0)),

@@ -4,28 +4,8 @@
 use anyhow::Context;
 use rusqlite::params;
 
-use super::Store;
-
-/// One virtual key as stored. Times are Unix seconds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredKey {
-    pub token: String,
-    /// `sk-...abcd`: enough of the key for people to tell keys apart.
-    pub key_name: String,
-    pub key_alias: Option<String>,
-    pub models: Vec<String>,
-    pub max_budget: Option<f64>,
-    pub budget_duration: Option<String>,
-    pub budget_reset_at: Option<i64>,
-    pub rpm_limit: Option<u64>,
-    pub tpm_limit: Option<u64>,
-    pub max_parallel_requests: Option<u64>,
-    pub expires_at: Option<i64>,
-    pub metadata: serde_json::Value,
-    pub spend: f64,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
+use super::Db;
+use crate::store::records::{DuplicateAlias, StoredKey};
 
 const COLUMNS: &str = "token, key_name, key_alias, models, max_budget, budget_duration,
     budget_reset_at, rpm_limit, tpm_limit, max_parallel_requests, expires_at, metadata, spend,
@@ -60,7 +40,7 @@ fn to_i64(n: Option<u64>) -> Option<i64> {
     n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-impl Store {
+impl Db {
     pub async fn load_keys(&self) -> anyhow::Result<Vec<StoredKey>> {
         self.with_connection(|c| {
             let mut statement = c.prepare(&format!("SELECT {COLUMNS} FROM virtual_keys"))?;
@@ -126,8 +106,3 @@ impl Store {
         .await
     }
 }
-
-/// Another key already has this `key_alias`.
-#[derive(Debug, thiserror::Error)]
-#[error("another key already has this key_alias")]
-pub struct DuplicateAlias;

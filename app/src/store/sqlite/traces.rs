@@ -7,84 +7,12 @@ use anyhow::Context;
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::Value;
 
+use super::rollup::{self, DAY_MS};
 use crate::pricing::PriceTable;
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TraceUpsert {
-    pub id: String,
-    pub timestamp: Option<i64>,
-    pub name: Option<String>,
-    pub user_id: Option<String>,
-    pub session_id: Option<String>,
-    pub release: Option<String>,
-    pub version: Option<String>,
-    pub environment: Option<String>,
-    pub tags: Option<Vec<String>>,
-    pub input: Option<Value>,
-    pub output: Option<Value>,
-    pub metadata: Option<Value>,
-    pub public: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ObservationUpsert {
-    pub id: String,
-    pub trace_id: String,
-    /// `SPAN`, `GENERATION`, `EVENT`, `AGENT`, `TOOL`, ...; `None` keeps the stored type.
-    pub kind: Option<String>,
-    pub parent_observation_id: Option<String>,
-    pub name: Option<String>,
-    pub start_time: Option<i64>,
-    pub end_time: Option<i64>,
-    pub completion_start_time: Option<i64>,
-    pub model: Option<String>,
-    pub model_parameters: Option<Value>,
-    pub input: Option<Value>,
-    pub output: Option<Value>,
-    pub metadata: Option<Value>,
-    pub level: Option<String>,
-    pub status_message: Option<String>,
-    pub version: Option<String>,
-    pub environment: Option<String>,
-    pub usage_input: Option<u64>,
-    pub usage_output: Option<u64>,
-    pub usage_total: Option<u64>,
-    pub usage_details: Option<Value>,
-    pub cost_details: Option<Value>,
-    /// A cost the client reported; wins over the price table's.
-    pub provided_cost: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ScoreUpsert {
-    pub id: String,
-    pub trace_id: Option<String>,
-    pub observation_id: Option<String>,
-    pub session_id: Option<String>,
-    pub name: String,
-    pub value: Option<f64>,
-    pub string_value: Option<String>,
-    pub data_type: String,
-    pub comment: Option<String>,
-    pub source: String,
-    pub timestamp: i64,
-    pub metadata: Option<Value>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum TraceEvent {
-    Trace(TraceUpsert),
-    Observation(Box<ObservationUpsert>),
-    Score(ScoreUpsert),
-}
-
-/// One event for a project; `event_id` dedupes (Langfuse's batch `id`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Ingest {
-    pub project: String,
-    pub event_id: Option<String>,
-    pub event: TraceEvent,
-}
+use crate::store::records::{
+    DailyMetrics, Ingest, ModelUsage, ObservationFilter, ObservationUpsert, ScoreUpsert,
+    StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
+};
 
 fn json(value: &Option<Value>) -> Option<String> {
     value.as_ref().map(Value::to_string)
@@ -312,133 +240,6 @@ fn upsert_score(tx: &Transaction<'_>, project: &str, s: &ScoreUpsert) -> anyhow:
     Ok(())
 }
 
-/// A trace as stored, with what its observations add up to.
-#[derive(Debug, Clone, Default)]
-pub struct StoredTrace {
-    pub id: String,
-    pub timestamp: i64,
-    pub name: Option<String>,
-    pub user_id: Option<String>,
-    pub session_id: Option<String>,
-    pub release: Option<String>,
-    pub version: Option<String>,
-    pub environment: Option<String>,
-    pub tags: Vec<String>,
-    pub input: Option<Value>,
-    pub output: Option<Value>,
-    pub metadata: Option<Value>,
-    pub public: bool,
-    /// Seconds from the first observation's start to the last one's end.
-    pub latency: Option<f64>,
-    pub total_cost: f64,
-    pub observation_ids: Vec<String>,
-    pub score_ids: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct StoredObservation {
-    pub id: String,
-    pub trace_id: String,
-    pub kind: String,
-    pub parent_observation_id: Option<String>,
-    pub name: Option<String>,
-    pub start_time: i64,
-    pub end_time: Option<i64>,
-    pub completion_start_time: Option<i64>,
-    pub model: Option<String>,
-    pub model_parameters: Option<Value>,
-    pub input: Option<Value>,
-    pub output: Option<Value>,
-    pub metadata: Option<Value>,
-    pub level: Option<String>,
-    pub status_message: Option<String>,
-    pub version: Option<String>,
-    pub environment: Option<String>,
-    pub usage_input: u64,
-    pub usage_output: u64,
-    pub usage_total: u64,
-    pub usage_details: Option<Value>,
-    pub cost_details: Option<Value>,
-    pub provided_cost: Option<f64>,
-    pub calculated_input_cost: Option<f64>,
-    pub calculated_output_cost: Option<f64>,
-}
-
-impl StoredObservation {
-    /// The client's cost if it sent one, else the price table's.
-    pub fn total_cost(&self) -> Option<f64> {
-        self.provided_cost.or(
-            match (self.calculated_input_cost, self.calculated_output_cost) {
-                (None, None) => None,
-                (i, o) => Some(i.unwrap_or(0.0) + o.unwrap_or(0.0)),
-            },
-        )
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct StoredScore {
-    pub id: String,
-    pub trace_id: Option<String>,
-    pub observation_id: Option<String>,
-    pub session_id: Option<String>,
-    pub name: String,
-    pub value: Option<f64>,
-    pub string_value: Option<String>,
-    pub data_type: String,
-    pub comment: Option<String>,
-    pub source: String,
-    pub timestamp: i64,
-    pub metadata: Option<Value>,
-}
-
-/// Filters of `GET /api/public/traces`. Times are Unix milliseconds, `to` exclusive.
-#[derive(Debug, Clone, Default)]
-pub struct TraceFilter {
-    pub user_id: Option<String>,
-    pub session_id: Option<String>,
-    pub name: Option<String>,
-    pub tags: Vec<String>,
-    pub from: Option<i64>,
-    pub to: Option<i64>,
-    pub environment: Vec<String>,
-}
-
-/// Filters of `GET /api/public/observations`.
-#[derive(Debug, Clone, Default)]
-pub struct ObservationFilter {
-    pub trace_id: Option<String>,
-    pub kind: Option<String>,
-    pub name: Option<String>,
-    pub user_id: Option<String>,
-    pub parent_observation_id: Option<String>,
-    pub level: Option<String>,
-    pub from: Option<i64>,
-    pub to: Option<i64>,
-}
-
-/// One day of `GET /api/public/metrics/daily`: per model (input, output, total tokens,
-/// observations, traces, cost).
-#[derive(Debug, Clone, Default)]
-pub struct DailyMetrics {
-    pub day: i64,
-    pub count_traces: u64,
-    pub count_observations: u64,
-    pub total_cost: f64,
-    pub models: Vec<ModelUsage>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ModelUsage {
-    pub model: Option<String>,
-    pub input: u64,
-    pub output: u64,
-    pub total: u64,
-    pub count_traces: u64,
-    pub count_observations: u64,
-    pub total_cost: f64,
-}
-
 fn parsed(text: Option<String>) -> Option<Value> {
     let text = text?;
     Some(serde_json::from_str(&text).unwrap_or(Value::String(text)))
@@ -573,7 +374,7 @@ fn trace_where(project: &str, f: &TraceFilter) -> (String, Vec<rusqlite::types::
     (clause, values)
 }
 
-impl super::Store {
+impl super::Db {
     /// A page of traces, newest first, and how many match in all.
     pub async fn list_traces(
         &self,
@@ -774,51 +575,54 @@ impl super::Store {
         filter: TraceFilter,
     ) -> anyhow::Result<Vec<DailyMetrics>> {
         self.with_connection(move |c| {
-            let (clause, values) = trace_where(&project, &filter);
-            let mut days: std::collections::BTreeMap<i64, DailyMetrics> =
-                std::collections::BTreeMap::new();
-            let mut per_day = c.prepare(&format!(
-                "SELECT t.timestamp / 86400000, COUNT(*) FROM traces t WHERE {clause} GROUP BY 1"
-            ))?;
-            let rows = per_day.query_map(rusqlite::params_from_iter(values.iter()), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-            })?;
-            for row in rows {
-                let (day, count) = row?;
-                let entry = days.entry(day).or_default();
-                entry.day = day;
-                entry.count_traces = count.max(0) as u64;
+            // Whole days come from the writer's totals; filters other than time, and the
+            // partial days at either end of a time range, are computed from the rows.
+            let by_time_only = TraceFilter {
+                from: filter.from,
+                to: filter.to,
+                ..TraceFilter::default()
+            };
+            if filter.user_id.is_some()
+                || filter.session_id.is_some()
+                || filter.name.is_some()
+                || !filter.tags.is_empty()
+                || !filter.environment.is_empty()
+                || by_time_only.from.is_none() && by_time_only.to.is_none() && false
+            {
+                return Ok(scan_days(c, &project, &filter)?
+                    .into_values()
+                    .rev()
+                    .collect());
             }
-            let mut per_model = c.prepare(&format!(
-                "SELECT t.timestamp / 86400000, o.model, COUNT(*), COUNT(DISTINCT o.trace_id),
-                        SUM(COALESCE(o.usage_input, 0)), SUM(COALESCE(o.usage_output, 0)),
-                        SUM(COALESCE(o.usage_total, 0)), SUM({COST})
-                 FROM traces t JOIN observations o INDEXED BY observations_by_trace
-                   ON o.project_id = t.project_id AND o.trace_id = t.id
-                 WHERE {clause} GROUP BY 1, 2"
-            ))?;
-            let rows = per_model.query_map(rusqlite::params_from_iter(values.iter()), |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    ModelUsage {
-                        model: r.get(1)?,
-                        count_observations: r.get::<_, i64>(2)?.max(0) as u64,
-                        count_traces: r.get::<_, i64>(3)?.max(0) as u64,
-                        input: r.get::<_, i64>(4)?.max(0) as u64,
-                        output: r.get::<_, i64>(5)?.max(0) as u64,
-                        total: r.get::<_, i64>(6)?.max(0) as u64,
-                        total_cost: r.get::<_, Option<f64>>(7)?.unwrap_or(0.0),
-                    },
-                ))
-            })?;
-            for row in rows {
-                let (day, usage) = row?;
-                let entry = days.entry(day).or_default();
-                entry.day = day;
-                entry.count_observations += usage.count_observations;
-                entry.total_cost += usage.total_cost;
-                if usage.model.is_some() {
-                    entry.models.push(usage);
+            let first_day = filter
+                .from
+                .map(|from| from.div_euclid(DAY_MS) + i64::from(from.rem_euclid(DAY_MS) != 0));
+            let end_day = filter.to.map(|to| to.div_euclid(DAY_MS));
+            let (first_day, end_day) = (first_day.unwrap_or(i64::MIN), end_day.unwrap_or(i64::MAX));
+            let mut days = if first_day < end_day {
+                rollup::days(c, &project, first_day, end_day)?
+            } else {
+                Default::default()
+            };
+            let mut edges = Vec::new();
+            if first_day < end_day {
+                if let Some(from) = filter.from.filter(|from| from.rem_euclid(DAY_MS) != 0) {
+                    edges.push((Some(from), Some(first_day * DAY_MS)));
+                }
+                if let Some(to) = filter.to.filter(|to| to.rem_euclid(DAY_MS) != 0) {
+                    edges.push((Some(end_day * DAY_MS), Some(to)));
+                }
+            } else {
+                edges.push((filter.from, filter.to));
+            }
+            for (from, to) in edges {
+                let edge = TraceFilter {
+                    from,
+                    to,
+                    ..TraceFilter::default()
+                };
+                for (day, metrics) in scan_days(c, &project, &edge)? {
+                    days.insert(day, metrics);
                 }
             }
             Ok(days.into_values().rev().collect())
@@ -839,6 +643,7 @@ impl super::Store {
             })?
             .collect::<Result<_, _>>()?;
         for (project, id) in &doomed {
+            rollup::forget(&tx, project, id)?;
             tx.execute(
                 "DELETE FROM observations WHERE project_id = ?1 AND trace_id = ?2",
                 params![project, id],
@@ -858,6 +663,61 @@ impl super::Store {
         tx.commit().context("pruning traces")?;
         Ok(doomed.len())
     }
+}
+
+/// Daily metrics computed from the rows (trace filter `f`), keyed by day.
+fn scan_days(
+    c: &rusqlite::Connection,
+    project: &str,
+    f: &TraceFilter,
+) -> rusqlite::Result<std::collections::BTreeMap<i64, DailyMetrics>> {
+    let (clause, values) = trace_where(project, f);
+    let mut days: std::collections::BTreeMap<i64, DailyMetrics> = std::collections::BTreeMap::new();
+    let mut per_day = c.prepare(&format!(
+        "SELECT t.timestamp / 86400000, COUNT(*) FROM traces t WHERE {clause} GROUP BY 1"
+    ))?;
+    let rows = per_day.query_map(rusqlite::params_from_iter(values.iter()), |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (day, count) = row?;
+        let entry = days.entry(day).or_default();
+        entry.day = day;
+        entry.count_traces = count.max(0) as u64;
+    }
+    let mut per_model = c.prepare(&format!(
+        "SELECT t.timestamp / 86400000, o.model, COUNT(*), COUNT(DISTINCT o.trace_id),
+                    SUM(COALESCE(o.usage_input, 0)), SUM(COALESCE(o.usage_output, 0)),
+                    SUM(COALESCE(o.usage_total, 0)), SUM({COST})
+             FROM traces t JOIN observations o INDEXED BY observations_by_trace
+               ON o.project_id = t.project_id AND o.trace_id = t.id
+             WHERE {clause} GROUP BY 1, 2"
+    ))?;
+    let rows = per_model.query_map(rusqlite::params_from_iter(values.iter()), |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            ModelUsage {
+                model: r.get(1)?,
+                count_observations: r.get::<_, i64>(2)?.max(0) as u64,
+                count_traces: r.get::<_, i64>(3)?.max(0) as u64,
+                input: r.get::<_, i64>(4)?.max(0) as u64,
+                output: r.get::<_, i64>(5)?.max(0) as u64,
+                total: r.get::<_, i64>(6)?.max(0) as u64,
+                total_cost: r.get::<_, Option<f64>>(7)?.unwrap_or(0.0),
+            },
+        ))
+    })?;
+    for row in rows {
+        let (day, usage) = row?;
+        let entry = days.entry(day).or_default();
+        entry.day = day;
+        entry.count_observations += usage.count_observations;
+        entry.total_cost += usage.total_cost;
+        if usage.model.is_some() {
+            entry.models.push(usage);
+        }
+    }
+    Ok(days)
 }
 
 /// Fills a trace's latency, cost, observation and score ids.

@@ -158,6 +158,8 @@ const MIGRATIONS: &[&str] = &[
         at INTEGER NOT NULL,
         PRIMARY KEY (project_id, id)
     ) WITHOUT ROWID;",
+    // 5: per-day totals for daily metrics, kept by the writer.
+    super::rollup::MIGRATION,
 ];
 
 pub fn run(connection: &mut Connection) -> anyhow::Result<()> {

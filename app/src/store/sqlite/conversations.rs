@@ -3,36 +3,8 @@
 use anyhow::Context;
 use rusqlite::{OptionalExtension, params};
 
-use super::Store;
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Conversation {
-    pub id: String,
-    pub title: String,
-    pub model: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StoredMessage {
-    pub role: String,
-    pub content: String,
-    pub created_at: i64,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ConversationWithMessages {
-    #[serde(flatten)]
-    pub conversation: Conversation,
-    pub messages: Vec<StoredMessage>,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use super::Db;
+use crate::store::records::{Conversation, ConversationWithMessages, StoredMessage};
 
 fn conversation_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
     Ok(Conversation {
@@ -44,7 +16,7 @@ fn conversation_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Conversati
     })
 }
 
-impl Store {
+impl Db {
     pub async fn list_conversations(&self) -> anyhow::Result<Vec<Conversation>> {
         self.with_connection(|c| {
             let mut statement = c.prepare_cached(
@@ -58,29 +30,17 @@ impl Store {
         .await
     }
 
-    pub async fn create_conversation(
-        &self,
-        title: String,
-        model: String,
-    ) -> anyhow::Result<Conversation> {
-        let conversation = Conversation {
-            id: uuid::Uuid::new_v4().to_string(),
-            title,
-            model,
-            created_at: now(),
-            updated_at: now(),
-        };
-        let row = conversation.clone();
+    pub async fn insert_conversation(&self, row: Conversation) -> anyhow::Result<()> {
         self.with_connection(move |c| {
             c.execute(
                 "INSERT INTO conversations (id, title, model, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![row.id, row.title, row.model, row.created_at, row.updated_at],
             )
+            .map(drop)
             .context("creating conversation")
         })
-        .await?;
-        Ok(conversation)
+        .await
     }
 
     pub async fn conversation(
@@ -124,10 +84,10 @@ impl Store {
         conversation_id: String,
         role: String,
         content: String,
+        created_at: i64,
     ) -> anyhow::Result<Option<StoredMessage>> {
         self.with_connection(move |c| {
             let tx = c.transaction()?;
-            let created_at = now();
             let updated = tx.execute(
                 "UPDATE conversations SET updated_at = ?2 WHERE id = ?1",
                 params![conversation_id, created_at],

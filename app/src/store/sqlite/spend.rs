@@ -5,45 +5,8 @@
 use anyhow::Context;
 use rusqlite::{Transaction, params};
 
-use super::Store;
-
-/// One request's spend. Times are Unix milliseconds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpendRecord {
-    pub request_id: String,
-    pub call_type: String,
-    /// The SHA-256 of the key the caller presented; empty without one.
-    pub api_key: String,
-    pub key_alias: Option<String>,
-    pub spend: f64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub start_time_ms: i64,
-    pub end_time_ms: i64,
-    /// The model that answered (the upstream's name, or the local model).
-    pub model: String,
-    /// The model name the client asked for.
-    pub model_group: String,
-    pub provider: String,
-    pub api_base: String,
-    pub user: String,
-    pub status_code: u16,
-    pub cache_hit: bool,
-    pub request_tags: Vec<String>,
-    /// The key's running spend after this request, and when its budget resets.
-    pub key_spend: Option<(f64, Option<i64>)>,
-}
-
-/// What `GET /spend/logs` may filter on.
-#[derive(Debug, Default, Clone)]
-pub struct SpendFilter {
-    pub api_key: Option<String>,
-    pub user: Option<String>,
-    pub request_id: Option<String>,
-    pub start_ms: Option<i64>,
-    pub end_ms: Option<i64>,
-    pub limit: usize,
-}
+use super::Db;
+use crate::store::records::{SpendFilter, SpendRecord};
 
 /// Inserts spend rows, and their keys' running spend, in the caller's transaction.
 pub(super) fn insert(tx: &Transaction<'_>, batch: &[SpendRecord]) -> anyhow::Result<()> {
@@ -118,7 +81,7 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SpendRecord> {
     })
 }
 
-impl Store {
+impl Db {
     /// Spend rows matching `filter`, newest first.
     pub async fn spend_logs(&self, filter: SpendFilter) -> anyhow::Result<Vec<SpendRecord>> {
         self.with_connection(move |c| {

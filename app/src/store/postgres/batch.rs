@@ -1,0 +1,47 @@
+//! The writer thread's Postgres side: one transaction per batch of spend rows and trace
+//! events (Postgres' default `synchronous_commit`: a commit is on disk when it returns).
+
+use anyhow::Context;
+
+use super::{Db, spend, traces};
+use crate::pricing::PriceTable;
+use crate::store::records::{Ingest, SpendRecord};
+use crate::store::writer;
+
+pub struct Sink {
+    db: Db,
+}
+
+impl Sink {
+    pub(super) fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+impl writer::Sink for Sink {
+    fn write(
+        &mut self,
+        spend: &[SpendRecord],
+        traces: &[Ingest],
+        ingests: &[&[Ingest]],
+        prices: &PriceTable,
+        now: i64,
+    ) -> anyhow::Result<Vec<Vec<bool>>> {
+        self.db.block_on(async {
+            let mut tx = self
+                .db
+                .pool
+                .begin()
+                .await
+                .context("starting a transaction")?;
+            spend::insert(&mut tx, spend).await?;
+            traces::apply(&mut tx, traces, prices, now).await?;
+            let mut applied = Vec::with_capacity(ingests.len());
+            for events in ingests {
+                applied.push(traces::apply(&mut tx, events, prices, now).await?);
+            }
+            tx.commit().await.context("committing")?;
+            Ok(applied)
+        })
+    }
+}

@@ -1,0 +1,300 @@
+//! The store's records: what callers write (upserts, spend rows, keys) and read back
+//! (stored traces, observations, scores, spend, conversations), and the filters of its
+//! queries. Plain data shared by both backends (`sqlite/`, `postgres/`).
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TraceUpsert {
+    pub id: String,
+    pub timestamp: Option<i64>,
+    pub name: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub release: Option<String>,
+    pub version: Option<String>,
+    pub environment: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub metadata: Option<Value>,
+    pub public: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObservationUpsert {
+    pub id: String,
+    pub trace_id: String,
+    /// `SPAN`, `GENERATION`, `EVENT`, `AGENT`, `TOOL`, ...; `None` keeps the stored type.
+    pub kind: Option<String>,
+    pub parent_observation_id: Option<String>,
+    pub name: Option<String>,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub completion_start_time: Option<i64>,
+    pub model: Option<String>,
+    pub model_parameters: Option<Value>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub metadata: Option<Value>,
+    pub level: Option<String>,
+    pub status_message: Option<String>,
+    pub version: Option<String>,
+    pub environment: Option<String>,
+    pub usage_input: Option<u64>,
+    pub usage_output: Option<u64>,
+    pub usage_total: Option<u64>,
+    pub usage_details: Option<Value>,
+    pub cost_details: Option<Value>,
+    /// A cost the client reported; wins over the price table's.
+    pub provided_cost: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScoreUpsert {
+    pub id: String,
+    pub trace_id: Option<String>,
+    pub observation_id: Option<String>,
+    pub session_id: Option<String>,
+    pub name: String,
+    pub value: Option<f64>,
+    pub string_value: Option<String>,
+    pub data_type: String,
+    pub comment: Option<String>,
+    pub source: String,
+    pub timestamp: i64,
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TraceEvent {
+    Trace(TraceUpsert),
+    Observation(Box<ObservationUpsert>),
+    Score(ScoreUpsert),
+}
+
+/// One event for a project; `event_id` dedupes (Langfuse's batch `id`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ingest {
+    pub project: String,
+    pub event_id: Option<String>,
+    pub event: TraceEvent,
+}
+
+/// A trace as stored, with what its observations add up to.
+#[derive(Debug, Clone, Default)]
+pub struct StoredTrace {
+    pub id: String,
+    pub timestamp: i64,
+    pub name: Option<String>,
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub release: Option<String>,
+    pub version: Option<String>,
+    pub environment: Option<String>,
+    pub tags: Vec<String>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub metadata: Option<Value>,
+    pub public: bool,
+    /// Seconds from the first observation's start to the last one's end.
+    pub latency: Option<f64>,
+    pub total_cost: f64,
+    pub observation_ids: Vec<String>,
+    pub score_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StoredObservation {
+    pub id: String,
+    pub trace_id: String,
+    pub kind: String,
+    pub parent_observation_id: Option<String>,
+    pub name: Option<String>,
+    pub start_time: i64,
+    pub end_time: Option<i64>,
+    pub completion_start_time: Option<i64>,
+    pub model: Option<String>,
+    pub model_parameters: Option<Value>,
+    pub input: Option<Value>,
+    pub output: Option<Value>,
+    pub metadata: Option<Value>,
+    pub level: Option<String>,
+    pub status_message: Option<String>,
+    pub version: Option<String>,
+    pub environment: Option<String>,
+    pub usage_input: u64,
+    pub usage_output: u64,
+    pub usage_total: u64,
+    pub usage_details: Option<Value>,
+    pub cost_details: Option<Value>,
+    pub provided_cost: Option<f64>,
+    pub calculated_input_cost: Option<f64>,
+    pub calculated_output_cost: Option<f64>,
+}
+
+impl StoredObservation {
+    /// The client's cost if it sent one, else the price table's.
+    pub fn total_cost(&self) -> Option<f64> {
+        self.provided_cost.or(
+            match (self.calculated_input_cost, self.calculated_output_cost) {
+                (None, None) => None,
+                (i, o) => Some(i.unwrap_or(0.0) + o.unwrap_or(0.0)),
+            },
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StoredScore {
+    pub id: String,
+    pub trace_id: Option<String>,
+    pub observation_id: Option<String>,
+    pub session_id: Option<String>,
+    pub name: String,
+    pub value: Option<f64>,
+    pub string_value: Option<String>,
+    pub data_type: String,
+    pub comment: Option<String>,
+    pub source: String,
+    pub timestamp: i64,
+    pub metadata: Option<Value>,
+}
+
+/// Filters of `GET /api/public/traces`. Times are Unix milliseconds, `to` exclusive.
+#[derive(Debug, Clone, Default)]
+pub struct TraceFilter {
+    pub user_id: Option<String>,
+    pub session_id: Option<String>,
+    pub name: Option<String>,
+    pub tags: Vec<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub environment: Vec<String>,
+}
+
+/// Filters of `GET /api/public/observations`.
+#[derive(Debug, Clone, Default)]
+pub struct ObservationFilter {
+    pub trace_id: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub user_id: Option<String>,
+    pub parent_observation_id: Option<String>,
+    pub level: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// One day of `GET /api/public/metrics/daily`: per model (input, output, total tokens,
+/// observations, traces, cost).
+#[derive(Debug, Clone, Default)]
+pub struct DailyMetrics {
+    pub day: i64,
+    pub count_traces: u64,
+    pub count_observations: u64,
+    pub total_cost: f64,
+    pub models: Vec<ModelUsage>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ModelUsage {
+    pub model: Option<String>,
+    pub input: u64,
+    pub output: u64,
+    pub total: u64,
+    pub count_traces: u64,
+    pub count_observations: u64,
+    pub total_cost: f64,
+}
+
+// Gateway keys and spend.
+
+/// One virtual key as stored. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredKey {
+    pub token: String,
+    /// `sk-...abcd`: enough of the key for people to tell keys apart.
+    pub key_name: String,
+    pub key_alias: Option<String>,
+    pub models: Vec<String>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<String>,
+    pub budget_reset_at: Option<i64>,
+    pub rpm_limit: Option<u64>,
+    pub tpm_limit: Option<u64>,
+    pub max_parallel_requests: Option<u64>,
+    pub expires_at: Option<i64>,
+    pub metadata: serde_json::Value,
+    pub spend: f64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// Another key already has this `key_alias`.
+#[derive(Debug, thiserror::Error)]
+#[error("another key already has this key_alias")]
+pub struct DuplicateAlias;
+
+/// One request's spend. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpendRecord {
+    pub request_id: String,
+    pub call_type: String,
+    /// The SHA-256 of the key the caller presented; empty without one.
+    pub api_key: String,
+    pub key_alias: Option<String>,
+    pub spend: f64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub start_time_ms: i64,
+    pub end_time_ms: i64,
+    /// The model that answered (the upstream's name, or the local model).
+    pub model: String,
+    /// The model name the client asked for.
+    pub model_group: String,
+    pub provider: String,
+    pub api_base: String,
+    pub user: String,
+    pub status_code: u16,
+    pub cache_hit: bool,
+    pub request_tags: Vec<String>,
+    /// The key's running spend after this request, and when its budget resets.
+    pub key_spend: Option<(f64, Option<i64>)>,
+}
+
+/// What `GET /spend/logs` may filter on.
+#[derive(Debug, Default, Clone)]
+pub struct SpendFilter {
+    pub api_key: Option<String>,
+    pub user: Option<String>,
+    pub request_id: Option<String>,
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+    pub limit: usize,
+}
+
+// Conversations.
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Conversation {
+    pub id: String,
+    pub title: String,
+    pub model: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredMessage {
+    pub role: String,
+    pub content: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConversationWithMessages {
+    #[serde(flatten)]
+    pub conversation: Conversation,
+    pub messages: Vec<StoredMessage>,
+}

@@ -1,0 +1,304 @@
+//! Daily metrics without scanning observations: the writer keeps per-day totals up to
+//! date. `trace_usage` holds what each trace adds to its day per model (model `''`: none),
+//! `daily_usage` the sums over a day's traces, `daily_traces` a day's trace count (each
+//! trace remembers in `traces.rollup_day` which day counted it). After each write batch,
+//! every trace the batch touched is recomputed from its observations (the covering index
+//! makes that a short range scan) and the difference applied to the day totals; pruning
+//! subtracts what it deletes. Days are UTC days of the trace's timestamp, as the direct
+//! query groups them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::store::records::{DailyMetrics, ModelUsage};
+
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Migration 5: the rollup tables, filled from what is stored already.
+pub const MIGRATION: &str = "
+    ALTER TABLE traces ADD COLUMN rollup_day INTEGER;
+    CREATE TABLE trace_usage (
+        project_id TEXT NOT NULL,
+        trace_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        observations INTEGER NOT NULL,
+        input INTEGER NOT NULL,
+        output INTEGER NOT NULL,
+        total INTEGER NOT NULL,
+        cost REAL NOT NULL,
+        PRIMARY KEY (project_id, trace_id, model)
+    ) WITHOUT ROWID;
+    CREATE TABLE daily_usage (
+        project_id TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        traces INTEGER NOT NULL,
+        observations INTEGER NOT NULL,
+        input INTEGER NOT NULL,
+        output INTEGER NOT NULL,
+        total INTEGER NOT NULL,
+        cost REAL NOT NULL,
+        PRIMARY KEY (project_id, day, model)
+    ) WITHOUT ROWID;
+    CREATE TABLE daily_traces (
+        project_id TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        traces INTEGER NOT NULL,
+        PRIMARY KEY (project_id, day)
+    ) WITHOUT ROWID;
+    INSERT INTO trace_usage
+        SELECT o.project_id, o.trace_id, COALESCE(o.model, ''), t.timestamp / 86400000,
+            COUNT(*), SUM(COALESCE(o.usage_input, 0)), SUM(COALESCE(o.usage_output, 0)),
+            SUM(COALESCE(o.usage_total, 0)),
+            SUM(COALESCE(o.provided_cost, o.calculated_input_cost + o.calculated_output_cost, 0))
+        FROM observations o JOIN traces t ON t.project_id = o.project_id AND t.id = o.trace_id
+        GROUP BY o.project_id, o.trace_id, COALESCE(o.model, '');
+    INSERT INTO daily_usage
+        SELECT project_id, day, model, COUNT(*), SUM(observations), SUM(input), SUM(output),
+            SUM(total), SUM(cost)
+        FROM trace_usage GROUP BY project_id, day, model;
+    UPDATE traces SET rollup_day = timestamp / 86400000;
+    INSERT INTO daily_traces
+        SELECT project_id, rollup_day, COUNT(*) FROM traces GROUP BY project_id, rollup_day;";
+
+/// What one trace adds to its day for one model.
+#[derive(Debug, Clone, PartialEq)]
+struct Contribution {
+    model: String,
+    day: i64,
+    observations: i64,
+    input: i64,
+    output: i64,
+    total: i64,
+    cost: f64,
+}
+
+/// The trace ids (per project) that events in a batch touched.
+pub fn touched(batches: &[&[crate::store::records::Ingest]]) -> BTreeSet<(String, String)> {
+    use crate::store::records::TraceEvent;
+    let mut touched = BTreeSet::new();
+    for ingest in batches.iter().flat_map(|b| b.iter()) {
+        let trace = match &ingest.event {
+            TraceEvent::Trace(t) => Some(&t.id),
+            TraceEvent::Observation(o) => Some(&o.trace_id),
+            TraceEvent::Score(s) => s.trace_id.as_ref(),
+        };
+        if let Some(trace) = trace {
+            touched.insert((ingest.project.clone(), trace.clone()));
+        }
+    }
+    touched
+}
+
+/// Brings the day totals up to date with the touched traces, in the writer's transaction.
+pub fn refresh(tx: &Transaction<'_>, touched: &BTreeSet<(String, String)>) -> anyhow::Result<()> {
+    for (project, trace_id) in touched {
+        let row: Option<(i64, Option<i64>)> = tx
+            .prepare_cached(
+                "SELECT timestamp / 86400000, rollup_day FROM traces
+                 WHERE project_id = ?1 AND id = ?2",
+            )?
+            .query_row(params![project, trace_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((day, counted)) = row else {
+            continue;
+        };
+        if counted != Some(day) {
+            if let Some(old) = counted {
+                count_trace(tx, project, old, -1)?;
+            }
+            count_trace(tx, project, day, 1)?;
+            tx.prepare_cached(
+                "UPDATE traces SET rollup_day = ?3 WHERE project_id = ?1 AND id = ?2",
+            )?
+            .execute(params![project, trace_id, day])?;
+        }
+        let old = contributions(
+            tx,
+            "SELECT model, day, observations, input, output, total, cost FROM trace_usage
+             WHERE project_id = ?1 AND trace_id = ?2 ORDER BY model",
+            project,
+            trace_id,
+        )?;
+        let mut new = contributions(
+            tx,
+            "SELECT COALESCE(model, ''), 0, COUNT(*), SUM(COALESCE(usage_input, 0)),
+                SUM(COALESCE(usage_output, 0)), SUM(COALESCE(usage_total, 0)),
+                SUM(COALESCE(provided_cost, calculated_input_cost + calculated_output_cost, 0))
+             FROM observations INDEXED BY observations_by_trace
+             WHERE project_id = ?1 AND trace_id = ?2 GROUP BY 1 ORDER BY 1",
+            project,
+            trace_id,
+        )?;
+        for c in &mut new {
+            c.day = day;
+        }
+        if old == new {
+            continue;
+        }
+        for c in &old {
+            add_to_day(tx, project, c, -1)?;
+        }
+        for c in &new {
+            add_to_day(tx, project, c, 1)?;
+        }
+        tx.prepare_cached("DELETE FROM trace_usage WHERE project_id = ?1 AND trace_id = ?2")?
+            .execute(params![project, trace_id])?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO trace_usage (project_id, trace_id, model, day, observations, input,
+                output, total, cost) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for c in &new {
+            insert.execute(params![
+                project,
+                trace_id,
+                c.model,
+                c.day,
+                c.observations,
+                c.input,
+                c.output,
+                c.total,
+                c.cost
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes a trace out of the day totals, before pruning deletes it.
+pub fn forget(tx: &Transaction<'_>, project: &str, trace_id: &str) -> anyhow::Result<()> {
+    let old = contributions(
+        tx,
+        "SELECT model, day, observations, input, output, total, cost FROM trace_usage
+         WHERE project_id = ?1 AND trace_id = ?2",
+        project,
+        trace_id,
+    )?;
+    for c in &old {
+        add_to_day(tx, project, c, -1)?;
+    }
+    tx.prepare_cached("DELETE FROM trace_usage WHERE project_id = ?1 AND trace_id = ?2")?
+        .execute(params![project, trace_id])?;
+    let counted: Option<Option<i64>> = tx
+        .prepare_cached("SELECT rollup_day FROM traces WHERE project_id = ?1 AND id = ?2")?
+        .query_row(params![project, trace_id], |r| r.get(0))
+        .optional()?;
+    if let Some(Some(day)) = counted {
+        count_trace(tx, project, day, -1)?;
+    }
+    Ok(())
+}
+
+/// Day totals for whole days `from_day..to_day`, keyed by day.
+pub fn days(
+    c: &Connection,
+    project: &str,
+    from_day: i64,
+    to_day: i64,
+) -> rusqlite::Result<BTreeMap<i64, DailyMetrics>> {
+    let mut days: BTreeMap<i64, DailyMetrics> = BTreeMap::new();
+    let mut traces = c.prepare_cached(
+        "SELECT day, traces FROM daily_traces
+         WHERE project_id = ?1 AND day >= ?2 AND day < ?3 AND traces > 0",
+    )?;
+    for row in traces.query_map(params![project, from_day, to_day], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    })? {
+        let (day, count) = row?;
+        let entry = days.entry(day).or_default();
+        entry.day = day;
+        entry.count_traces = count.max(0) as u64;
+    }
+    let mut usage = c.prepare_cached(
+        "SELECT day, model, traces, observations, input, output, total, cost FROM daily_usage
+         WHERE project_id = ?1 AND day >= ?2 AND day < ?3 AND observations > 0
+         ORDER BY day, model",
+    )?;
+    for row in usage.query_map(params![project, from_day, to_day], |r| {
+        let count = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
+        let model: String = r.get(1)?;
+        Ok((
+            r.get::<_, i64>(0)?,
+            ModelUsage {
+                model: (!model.is_empty()).then_some(model),
+                count_traces: count(2)?,
+                count_observations: count(3)?,
+                input: count(4)?,
+                output: count(5)?,
+                total: count(6)?,
+                // Sums of additions and subtractions leave float dust behind.
+                total_cost: (r.get::<_, f64>(7)? * 1e12).round() / 1e12,
+            },
+        ))
+    })? {
+        let (day, usage) = row?;
+        let entry = days.entry(day).or_default();
+        entry.day = day;
+        entry.count_observations += usage.count_observations;
+        entry.total_cost += usage.total_cost;
+        if usage.model.is_some() {
+            entry.models.push(usage);
+        }
+    }
+    Ok(days)
+}
+
+fn contributions(
+    tx: &Transaction<'_>,
+    sql: &str,
+    project: &str,
+    trace_id: &str,
+) -> rusqlite::Result<Vec<Contribution>> {
+    tx.prepare_cached(sql)?
+        .query_map(params![project, trace_id], |r| {
+            Ok(Contribution {
+                model: r.get(0)?,
+                day: r.get(1)?,
+                observations: r.get(2)?,
+                input: r.get(3)?,
+                output: r.get(4)?,
+                total: r.get(5)?,
+                cost: r.get::<_, Option<f64>>(6)?.unwrap_or(0.0),
+            })
+        })?
+        .collect()
+}
+
+fn add_to_day(
+    tx: &Transaction<'_>,
+    project: &str,
+    c: &Contribution,
+    sign: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO daily_usage (project_id, day, model, traces, observations, input, output,
+            total, cost) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (project_id, day, model) DO UPDATE SET traces = traces + excluded.traces,
+            observations = observations + excluded.observations,
+            input = input + excluded.input, output = output + excluded.output,
+            total = total + excluded.total, cost = cost + excluded.cost",
+    )?
+    .execute(params![
+        project,
+        c.day,
+        c.model,
+        sign,
+        sign * c.observations,
+        sign * c.input,
+        sign * c.output,
+        sign * c.total,
+        sign as f64 * c.cost
+    ])?;
+    Ok(())
+}
+
+fn count_trace(tx: &Transaction<'_>, project: &str, day: i64, sign: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO daily_traces (project_id, day, traces) VALUES (?1, ?2, ?3)
+         ON CONFLICT (project_id, day) DO UPDATE SET traces = traces + excluded.traces",
+    )?
+    .execute(params![project, day, sign])?;
+    Ok(())
+}
