@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import config_server
+from conftest import config_server, eventually
 
 MASTER = "sk-traces-metrics-test"
 AUTH = ("pk-metrics", MASTER)
@@ -101,3 +101,23 @@ def test_daily_totals_equal_the_numbers_computed_from_the_rows(metrics, window):
     url = metrics
     assert comparable(daily(url, **window)) == comparable(daily(url, environment="default", **window))
 
+
+
+def test_retention_deletes_old_traces_and_takes_them_out_of_the_totals(tmp_path):
+    import datetime
+    old = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)).strftime("%Y-%m-%dT10:00:00.000Z")
+    new = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    with config_server(tmp_path, "traces: {retention_days: 1}\n", env={"AGENTBOX_MASTER_KEY": MASTER}) as url:
+        ingest(url, [
+            ev("o", "trace-create", {"id": "t-old", "timestamp": old}),
+            gen("o1", "g-old", "t-old", old, model="gpt-4o", usage={"input": 5, "output": 5}),
+            ev("n", "trace-create", {"id": "t-new", "timestamp": new}),
+            gen("n1", "g-new", "t-new", new, model="gpt-4o", usage={"input": 7, "output": 7}),
+        ])
+        # The retention thread's first pass runs a few seconds after start.
+        eventually(lambda: httpx.get(url + "/api/public/traces/t-old", auth=AUTH, timeout=10).status_code,
+                   done=lambda status: status == 404, timeout=30, what="t-old to be pruned")
+        assert httpx.get(url + "/api/public/observations/g-old", auth=AUTH, timeout=10).status_code == 404
+        days = daily(url)
+        assert [(d["countTraces"], d["countObservations"]) for d in days] == [(1, 1)], days
+        assert comparable(days) == comparable(daily(url, environment="default"))

@@ -8,7 +8,8 @@ use crate::store::Store;
 const CHUNK: usize = 500;
 /// Pause between chunks: the writer gets the database in between.
 const BREATHER: Duration = Duration::from_millis(50);
-const FIRST_RUN: Duration = Duration::from_secs(60);
+/// The first pass waits for start-up (model loading) to settle.
+const FIRST_RUN: Duration = Duration::from_secs(5);
 const PERIOD: Duration = Duration::from_secs(3600);
 
 /// Starts the pruning thread; it runs until the process ends.
