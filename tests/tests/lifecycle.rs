@@ -166,7 +166,34 @@ async fn a_full_queue_answers_429_with_retry_after() {
         .json(&long)
         .send();
     let waiting = tokio::spawn(waiting);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Wait until /metrics shows it queued (a fixed sleep races a busy machine)...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let metrics = client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let queued = metrics.lines().any(|line| {
+            line.starts_with("vllm:num_requests_waiting")
+                && line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v >= 1.0)
+        });
+        if queued {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second request never queued:\n{metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // ...so the third finds the queue full.
     let refused = client
         .post(server.url("/v1/chat/completions"))
