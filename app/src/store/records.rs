@@ -2,6 +2,8 @@
 //! (stored traces, observations, scores, spend, conversations), and the filters of its
 //! queries. Plain data shared by both backends (`sqlite/`, `postgres/`).
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -297,4 +299,40 @@ pub struct ConversationWithMessages {
     #[serde(flatten)]
     pub conversation: Conversation,
     pub messages: Vec<StoredMessage>,
+}
+
+// Helpers both backends store and read through.
+
+/// A JSON value as stored (TEXT).
+pub(super) fn json(value: &Option<Value>) -> Option<String> {
+    value.as_ref().map(Value::to_string)
+}
+
+/// Stored JSON text back to a value (text that is not JSON comes back as a string).
+pub(super) fn parsed(text: Option<String>) -> Option<Value> {
+    let text = text?;
+    Some(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// A count as stored (a signed 64-bit integer), saturating.
+pub(super) fn to_i64(n: Option<u64>) -> Option<i64> {
+    n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// Sets a day's trace count in daily metrics being gathered.
+pub(super) fn set_day_traces(days: &mut BTreeMap<i64, DailyMetrics>, day: i64, traces: u64) {
+    let entry = days.entry(day).or_default();
+    entry.day = day;
+    entry.count_traces = traces;
+}
+
+/// Adds one model's usage to its day; usage without a model counts toward the day only.
+pub(super) fn add_day_usage(days: &mut BTreeMap<i64, DailyMetrics>, day: i64, usage: ModelUsage) {
+    let entry = days.entry(day).or_default();
+    entry.day = day;
+    entry.count_observations += usage.count_observations;
+    entry.total_cost += usage.total_cost;
+    if usage.model.is_some() {
+        entry.models.push(usage);
+    }
 }

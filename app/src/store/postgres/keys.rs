@@ -4,8 +4,8 @@ use anyhow::Context;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use super::{Db, to_i64};
-use crate::store::records::{DuplicateAlias, StoredKey};
+use super::Db;
+use crate::store::records::{DuplicateAlias, StoredKey, to_i64};
 
 const COLUMNS: &str = "token, key_name, key_alias, models, max_budget, budget_duration,
     budget_reset_at, rpm_limit, tpm_limit, max_parallel_requests, expires_at, metadata, spend,

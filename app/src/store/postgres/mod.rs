@@ -75,19 +75,3 @@ fn without_password(url: &str) -> String {
         Err(_) => "(an unparsable URL)".to_string(),
     }
 }
-
-/// Token counts as stored (BIGINT), saturating.
-fn to_i64(n: Option<u64>) -> Option<i64> {
-    n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
-}
-
-/// A JSON value as stored (TEXT).
-fn json(value: &Option<serde_json::Value>) -> Option<String> {
-    value.as_ref().map(serde_json::Value::to_string)
-}
-
-/// Stored JSON text back to a value (text that is not JSON comes back as a string).
-fn parsed(text: Option<String>) -> Option<serde_json::Value> {
-    let text = text?;
-    Some(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
-}

@@ -6,11 +6,12 @@ use anyhow::Context;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
-use super::{Db, json, parsed, to_i64};
+use super::Db;
 use crate::pricing::PriceTable;
 use crate::store::records::{
     DailyMetrics, Ingest, ModelUsage, ObservationFilter, ObservationUpsert, ScoreUpsert,
     StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
+    add_day_usage, json, parsed, set_day_traces, to_i64,
 };
 
 /// Applies events in the caller's transaction. Returns, per event, whether it was new.
@@ -610,9 +611,7 @@ impl Db {
             .context("counting traces per day")?
         {
             let day: i64 = row.try_get(0)?;
-            let entry = days.entry(day).or_default();
-            entry.day = day;
-            entry.count_traces = row.try_get::<i64, _>(1)?.max(0) as u64;
+            set_day_traces(&mut days, day, row.try_get::<i64, _>(1)?.max(0) as u64);
         }
         let mut per_model = QueryBuilder::new(
             "SELECT t.timestamp / 86400000, o.model, COUNT(*), COUNT(DISTINCT o.trace_id),
@@ -643,13 +642,7 @@ impl Db {
                 total: count(6)?,
                 total_cost: row.try_get::<Option<f64>, _>(7)?.unwrap_or(0.0),
             };
-            let entry = days.entry(day).or_default();
-            entry.day = day;
-            entry.count_observations += usage.count_observations;
-            entry.total_cost += usage.total_cost;
-            if usage.model.is_some() {
-                entry.models.push(usage);
-            }
+            add_day_usage(&mut days, day, usage);
         }
         Ok(days.into_values().rev().collect())
     }

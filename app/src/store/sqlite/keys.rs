@@ -5,7 +5,7 @@ use anyhow::Context;
 use rusqlite::params;
 
 use super::Db;
-use crate::store::records::{DuplicateAlias, StoredKey};
+use crate::store::records::{DuplicateAlias, StoredKey, to_i64};
 
 const COLUMNS: &str = "token, key_name, key_alias, models, max_budget, budget_duration,
     budget_reset_at, rpm_limit, tpm_limit, max_parallel_requests, expires_at, metadata, spend,
@@ -34,10 +34,6 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
         created_at: row.get(13)?,
         updated_at: row.get(14)?,
     })
-}
-
-fn to_i64(n: Option<u64>) -> Option<i64> {
-    n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 impl Db {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::store::records::{DailyMetrics, ModelUsage};
+use crate::store::records::{DailyMetrics, ModelUsage, add_day_usage, set_day_traces};
 
 pub const DAY_MS: i64 = 86_400_000;
 
@@ -207,9 +207,7 @@ pub fn days(
         Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
     })? {
         let (day, count) = row?;
-        let entry = days.entry(day).or_default();
-        entry.day = day;
-        entry.count_traces = count.max(0) as u64;
+        set_day_traces(&mut days, day, count.max(0) as u64);
     }
     let mut usage = c.prepare_cached(
         "SELECT day, model, traces, observations, input, output, total, cost FROM daily_usage
@@ -234,13 +232,7 @@ pub fn days(
         ))
     })? {
         let (day, usage) = row?;
-        let entry = days.entry(day).or_default();
-        entry.day = day;
-        entry.count_observations += usage.count_observations;
-        entry.total_cost += usage.total_cost;
-        if usage.model.is_some() {
-            entry.models.push(usage);
-        }
+        add_day_usage(&mut days, day, usage);
     }
     Ok(days)
 }

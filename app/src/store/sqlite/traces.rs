@@ -12,15 +12,8 @@ use crate::pricing::PriceTable;
 use crate::store::records::{
     DailyMetrics, Ingest, ModelUsage, ObservationFilter, ObservationUpsert, ScoreUpsert,
     StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
+    add_day_usage, json, parsed, set_day_traces, to_i64,
 };
-
-fn json(value: &Option<Value>) -> Option<String> {
-    value.as_ref().map(Value::to_string)
-}
-
-fn count(n: Option<u64>) -> Option<i64> {
-    n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
-}
 
 /// Applies events in the caller's transaction. Returns, per event, whether it was new
 /// (false: its `event_id` was seen before, so it was skipped).
@@ -168,9 +161,9 @@ fn upsert_observation(
         o.status_message,
         o.version,
         o.environment,
-        count(o.usage_input),
-        count(o.usage_output),
-        count(o.usage_total),
+        to_i64(o.usage_input),
+        to_i64(o.usage_output),
+        to_i64(o.usage_total),
         json(&o.usage_details),
         json(&o.cost_details),
         o.provided_cost,
@@ -238,11 +231,6 @@ fn upsert_score(tx: &Transaction<'_>, project: &str, s: &ScoreUpsert) -> anyhow:
     ])
     .context("upserting a score")?;
     Ok(())
-}
-
-fn parsed(text: Option<String>) -> Option<Value> {
-    let text = text?;
-    Some(serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 const TRACE_COLUMNS: &str =
@@ -681,9 +669,7 @@ fn scan_days(
     })?;
     for row in rows {
         let (day, count) = row?;
-        let entry = days.entry(day).or_default();
-        entry.day = day;
-        entry.count_traces = count.max(0) as u64;
+        set_day_traces(&mut days, day, count.max(0) as u64);
     }
     let mut per_model = c.prepare(&format!(
         "SELECT t.timestamp / 86400000, o.model, COUNT(*), COUNT(DISTINCT o.trace_id),
@@ -709,13 +695,7 @@ fn scan_days(
     })?;
     for row in rows {
         let (day, usage) = row?;
-        let entry = days.entry(day).or_default();
-        entry.day = day;
-        entry.count_observations += usage.count_observations;
-        entry.total_cost += usage.total_cost;
-        if usage.model.is_some() {
-            entry.models.push(usage);
-        }
+        add_day_usage(&mut days, day, usage);
     }
     Ok(days)
 }
