@@ -2,6 +2,7 @@
 """Trace ingestion and query speed, side by side with raw SQLite in the same run.
 
 Usage: .venv/bin/python bench/traces.py AGENTBOX_BIN [--observations N] [--clients C]
+                                        [--database-url postgres://...]
 
 1. Starts a gateway-only agentbox (no local models, automatic traces off) on a fresh
    data directory.
@@ -9,10 +10,14 @@ Usage: .venv/bin/python bench/traces.py AGENTBOX_BIN [--observations N] [--clien
    `generation-create` events (10 traces each, models and users varied, times spread over
    30 days) until N observations are acknowledged (207).
 3. OTLP: the same count again as pre-built protobuf `ExportTraceServiceRequest`s of 100
-   spans each to `/api/public/otel/v1/traces`.
+   spans each to `/api/public/otel/v1/traces`: per trace, a root span that names the user
+   and nine child spans, as instrumented applications send them.
 4. Raw SQLite ceiling: Python's sqlite3 inserts the same observation rows (and their trace
    rows) into the same schema, WAL with `synchronous=FULL`, one transaction per 100 rows
    (the durability a 2xx promises), from one thread.
+   With `--database-url` agentbox stores in a fresh database of that Postgres server
+   instead, and the ceiling is `psql` running the same inserts (a transaction per 100
+   rows, default `synchronous_commit`) into a fresh copy of agentbox's schema there.
 5. Queries on the store now holding 2N observations: a trace list filtered by user, one
    trace with its observations, daily metrics for 30 days; p50/p95 of 50 calls each.
 Prints a Markdown table. Bodies are built before timing, so the client's JSON and protobuf
@@ -36,6 +41,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -53,13 +59,20 @@ def iso(ms: int) -> str:
 
 
 def event_rows(seed: int, count: int):
-    """(trace id, observation id, model, user, start ms, input, output) per observation."""
+    """(trace id, observation id, model, user, start ms, input, output) per observation.
+
+    Ten observations per trace. Ids are random hex, as SDKs make them (Langfuse's UUIDs,
+    OpenTelemetry's random trace and span ids). Times run in order over the last 30 days,
+    as live traffic arrives, so that daily metrics have 30 days to cover.
+    """
     rng = random.Random(seed)
+    step = 30 * DAY_MS // max(1, count // 10)
     rows = []
     for i in range(count):
-        trace = f"t{seed}-{i // 10}"
-        start = NOW_MS - rng.randrange(30 * DAY_MS)
-        rows.append((trace, f"o{seed}-{i}", rng.choice(MODELS), f"user{rng.randrange(1000)}",
+        trace = hashlib.md5(f"t{seed}-{i // 10}".encode()).hexdigest()
+        obs = hashlib.md5(f"o{seed}-{i}".encode()).hexdigest()[:16]
+        start = NOW_MS - 30 * DAY_MS + (i // 10) * step + (i % 10) * 100
+        rows.append((trace, obs, rng.choice(MODELS), f"user{rng.randrange(1000)}",
                      start, rng.randrange(50, 2000), rng.randrange(5, 500)))
     return rows
 
@@ -89,14 +102,21 @@ def otlp_body(rows) -> bytes:
         return common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(string_value=value))
 
     spans = []
+    roots = {}
     for trace, obs, model, user, start, tin, tout in rows:
+        span_id = hashlib.md5(obs.encode()).digest()[:8]
+        attributes = [kv("gen_ai.request.model", model), kv("gen_ai.usage.input_tokens", tin),
+                      kv("gen_ai.usage.output_tokens", tout),
+                      kv("gen_ai.prompt", "hello " * 8), kv("gen_ai.completion", "world " * 8)]
+        # A trace's first span is its root and names its user; the others are its children.
+        parent = roots.get(trace, b"")
+        if not parent:
+            roots[trace] = span_id
+            attributes.append(kv("user.id", user))
         spans.append(trace_pb2.Span(
-            trace_id=hashlib.md5(trace.encode()).digest(), span_id=hashlib.md5(obs.encode()).digest()[:8],
+            trace_id=hashlib.md5(trace.encode()).digest(), span_id=span_id, parent_span_id=parent,
             name="llm", kind=3, start_time_unix_nano=start * 1_000_000,
-            end_time_unix_nano=(start + 800) * 1_000_000,
-            attributes=[kv("gen_ai.request.model", model), kv("gen_ai.usage.input_tokens", tin),
-                        kv("gen_ai.usage.output_tokens", tout), kv("user.id", user),
-                        kv("gen_ai.prompt", "hello " * 8), kv("gen_ai.completion", "world " * 8)]))
+            end_time_unix_nano=(start + 800) * 1_000_000, attributes=attributes))
     request = trace_service_pb2.ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
         scope_spans=[trace_pb2.ScopeSpans(scope=common_pb2.InstrumentationScope(name="bench"), spans=spans)])])
     return request.SerializeToString()
@@ -172,6 +192,51 @@ def raw_sqlite(rows, directory: Path) -> float:
     return elapsed
 
 
+def psql(url: str, *args: str, stdin: str | None = None) -> str:
+    return subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qAt", *args], input=stdin, text=True,
+                          capture_output=True, check=True).stdout
+
+
+def with_database(url: str, name: str) -> str:
+    return urllib.parse.urlsplit(url)._replace(path="/" + name).geturl()
+
+
+def raw_postgres(rows, server_url: str, schema_from: str) -> float:
+    """The same rows into a copy of agentbox's tables through psql, a commit per 100."""
+    name = f"agentbox_bench_raw_{os.getpid()}"
+    psql(server_url, "-c", f"CREATE DATABASE {name}")
+    url = with_database(server_url, name)
+    try:
+        schema = subprocess.run(["pg_dump", "--schema-only", "--no-owner", schema_from], text=True,
+                                capture_output=True, check=True).stdout
+        psql(url, stdin=schema)
+
+        def text(value: str) -> str:
+            return "'" + value.replace("'", "''") + "'"
+        lines = []
+        for i in range(0, len(rows), BATCH):
+            lines.append("BEGIN;")
+            for trace, obs, model, user, start, tin, tout in rows[i:i + BATCH]:
+                lines.append("INSERT INTO traces (project_id, id, timestamp, name, user_id, updated_at) "
+                             f"VALUES ('default', {text(trace)}, {start}, 'bench', {text(user)}, {NOW_MS}) "
+                             "ON CONFLICT DO NOTHING;")
+                lines.append(
+                    "INSERT INTO observations (project_id, id, trace_id, type, name, start_time, end_time, model, "
+                    "input, output, usage_input, usage_output, usage_total, calculated_input_cost, "
+                    f"calculated_output_cost, updated_at) VALUES ('default', {text(obs)}, {text(trace)}, "
+                    f"'GENERATION', 'llm', {start}, {start + 800}, {text(model)}, "
+                    f"{text(json.dumps([{'role': 'user', 'content': 'hello ' * 8}]))}, "
+                    f"{text(json.dumps({'role': 'assistant', 'content': 'world ' * 8}))}, {tin}, {tout}, "
+                    f"{tin + tout}, {tin * 2.5e-6}, {tout * 1e-5}, {NOW_MS});")
+            lines.append("COMMIT;")
+        script = "\n".join(lines)
+        started = time.perf_counter()
+        psql(url, stdin=script)
+        return time.perf_counter() - started
+    finally:
+        psql(server_url, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def timed_get(port: int, path: str, auth: str, runs: int = 50) -> tuple[float, float]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     samples = []
@@ -192,6 +257,7 @@ def main() -> None:
     parser.add_argument("binary")
     parser.add_argument("--observations", type=int, default=200_000)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--database-url", help="store in a fresh database on this Postgres server")
     args = parser.parse_args()
     n = args.observations - args.observations % BATCH
     work = Path(tempfile.mkdtemp())
@@ -199,9 +265,15 @@ def main() -> None:
     port = free_port()
     key = "sk-bench-traces"
     auth = "Basic " + base64.b64encode(f"pk-lf-bench:{key}".encode()).decode()
+    env = {**os.environ, "AGENTBOX_MASTER_KEY": key}
+    bench_db = None
+    if args.database_url:
+        bench_db = f"agentbox_bench_{os.getpid()}"
+        psql(args.database_url, "-c", f"CREATE DATABASE {bench_db}")
+        env["AGENTBOX_DATABASE_URL"] = with_database(args.database_url, bench_db)
     server = subprocess.Popen([args.binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(work / "ab"),
                                "--config", str(work / "agentbox.yaml")],
-                              env={**os.environ, "AGENTBOX_MASTER_KEY": key},
+                              env=env,
                               stdout=open(work / "server.log", "wb"), stderr=subprocess.STDOUT)
     try:
         for _ in range(200):
@@ -217,7 +289,12 @@ def main() -> None:
         otlp_bodies = [otlp_body(otlp_rows[i:i + BATCH]) for i in range(0, n, BATCH)]
         t_batch = post_all(port, "/api/public/ingestion", "application/json", batch_bodies, args.clients, auth)
         t_otlp = post_all(port, "/api/public/otel/v1/traces", "application/x-protobuf", otlp_bodies, args.clients, auth)
-        t_raw = raw_sqlite(event_rows(3, n), work)
+        if bench_db:
+            t_raw = raw_postgres(event_rows(3, n), args.database_url, env["AGENTBOX_DATABASE_URL"])
+            store, raw_name = "Postgres", "raw Postgres inserts (psql, a transaction per"
+        else:
+            t_raw = raw_sqlite(event_rows(3, n), work)
+            store, raw_name = "SQLite", "raw SQLite inserts (sqlite3, WAL, synchronous=FULL, commit per"
         user = batch_rows[0][3]
         trace = batch_rows[0][0]
         list_p = timed_get(port, f"/api/public/traces?userId={user}&limit=50", auth)
@@ -227,9 +304,9 @@ def main() -> None:
         print(f"/proc/loadavg after: {Path('/proc/loadavg').read_text().strip()}")
         raw_rate = n / t_raw
         print(f"\n{n:,} observations per path, batches of {BATCH}, {args.clients} client threads.\n")
-        print("| path | observations/s | vs raw SQLite |")
+        print(f"| path ({store}) | observations/s | vs raw {store} |")
         print("|---|---:|---:|")
-        print(f"| raw SQLite inserts (sqlite3, WAL, synchronous=FULL, commit per {BATCH}) | {raw_rate:,.0f} | 1.00× |")
+        print(f"| {raw_name} {BATCH}) | {raw_rate:,.0f} | 1.00× |")
         for name, t in (("`POST /api/public/ingestion` (Langfuse batch, JSON)", t_batch),
                         ("`POST /api/public/otel/v1/traces` (OTLP protobuf)", t_otlp)):
             print(f"| {name} | {n / t:,.0f} | {(n / t) / raw_rate:.2f}× |")
@@ -243,6 +320,8 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+        if bench_db:
+            psql(args.database_url, "-c", f"DROP DATABASE IF EXISTS {bench_db} WITH (FORCE)")
 
 
 if __name__ == "__main__":

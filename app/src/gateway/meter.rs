@@ -393,6 +393,9 @@ struct StreamMeter {
 impl Drop for StreamMeter {
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
+            // A client that stops reading at `[DONE]` drops the stream before its end
+            // was seen: what passed is still the answer.
+            self.scan.finish();
             call.finish(
                 &self.scan,
                 self.status,

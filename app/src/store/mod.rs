@@ -10,7 +10,7 @@ mod sqlite;
 mod writer;
 
 pub use records::{
-    Conversation, ConversationWithMessages, DailyMetrics, DuplicateAlias, Ingest,
+    Conversation, ConversationWithMessages, DailyMetrics, DuplicateAlias, Ingest, JsonText,
     ObservationFilter, ObservationUpsert, ScoreUpsert, SpendFilter, SpendRecord, StoredKey,
     StoredMessage, StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter,
     TraceUpsert,

@@ -6,6 +6,34 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+/// A JSON value as the store keeps it: its text, serialized where the event was parsed
+/// (on the request's thread), so that the writer thread only binds strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(String);
+
+impl JsonText {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The value again (text that is not JSON comes back as a string).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or_else(|_| Value::String(self.0.clone()))
+    }
+}
+
+impl From<&Value> for JsonText {
+    fn from(value: &Value) -> Self {
+        Self(value.to_string())
+    }
+}
+
+impl From<Value> for JsonText {
+    fn from(value: Value) -> Self {
+        Self::from(&value)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TraceUpsert {
     pub id: String,
@@ -17,9 +45,9 @@ pub struct TraceUpsert {
     pub version: Option<String>,
     pub environment: Option<String>,
     pub tags: Option<Vec<String>>,
-    pub input: Option<Value>,
-    pub output: Option<Value>,
-    pub metadata: Option<Value>,
+    pub input: Option<JsonText>,
+    pub output: Option<JsonText>,
+    pub metadata: Option<JsonText>,
     pub public: Option<bool>,
 }
 
@@ -35,10 +63,10 @@ pub struct ObservationUpsert {
     pub end_time: Option<i64>,
     pub completion_start_time: Option<i64>,
     pub model: Option<String>,
-    pub model_parameters: Option<Value>,
-    pub input: Option<Value>,
-    pub output: Option<Value>,
-    pub metadata: Option<Value>,
+    pub model_parameters: Option<JsonText>,
+    pub input: Option<JsonText>,
+    pub output: Option<JsonText>,
+    pub metadata: Option<JsonText>,
     pub level: Option<String>,
     pub status_message: Option<String>,
     pub version: Option<String>,
@@ -46,8 +74,8 @@ pub struct ObservationUpsert {
     pub usage_input: Option<u64>,
     pub usage_output: Option<u64>,
     pub usage_total: Option<u64>,
-    pub usage_details: Option<Value>,
-    pub cost_details: Option<Value>,
+    pub usage_details: Option<JsonText>,
+    pub cost_details: Option<JsonText>,
     /// A cost the client reported; wins over the price table's.
     pub provided_cost: Option<f64>,
 }
@@ -65,7 +93,7 @@ pub struct ScoreUpsert {
     pub comment: Option<String>,
     pub source: String,
     pub timestamp: i64,
-    pub metadata: Option<Value>,
+    pub metadata: Option<JsonText>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -304,8 +332,8 @@ pub struct ConversationWithMessages {
 // Helpers both backends store and read through.
 
 /// A JSON value as stored (TEXT).
-pub(super) fn json(value: &Option<Value>) -> Option<String> {
-    value.as_ref().map(Value::to_string)
+pub(super) fn json(value: &Option<JsonText>) -> Option<&str> {
+    value.as_ref().map(JsonText::as_str)
 }
 
 /// Stored JSON text back to a value (text that is not JSON comes back as a string).
@@ -313,6 +341,51 @@ pub(super) fn parsed(text: Option<String>) -> Option<Value> {
     let text = text?;
     Some(serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
+
+/// What an observation's tokens cost at the price table's rate for its model on the day
+/// it started: (input, output) in dollars.
+pub(super) fn token_cost(
+    prices: &crate::pricing::PriceTable,
+    model: &str,
+    input: Option<i64>,
+    output: Option<i64>,
+    start_ms: i64,
+) -> (f64, f64) {
+    let price = prices.price(model, false, start_ms.div_euclid(86_400_000));
+    (
+        price.input_per_token * input.unwrap_or(0).max(0) as f64,
+        price.output_per_token * output.unwrap_or(0).max(0) as f64,
+    )
+}
+
+/// The cost an observation upsert prices a new row with, from the event alone, or `None`
+/// where nothing is to be priced: a cost the client gave wins, and an event with neither
+/// model nor usage changes nothing priced. Model and usage may come in separate events,
+/// so backends price the merged row again where it differs.
+pub(super) fn own_cost(
+    prices: &crate::pricing::PriceTable,
+    o: &ObservationUpsert,
+    now: i64,
+) -> Option<(f64, f64)> {
+    let model = o.model.as_deref().filter(|_| reprices(o))?;
+    Some(token_cost(
+        prices,
+        model,
+        to_i64(o.usage_input),
+        to_i64(o.usage_output),
+        o.start_time.unwrap_or(now),
+    ))
+}
+
+/// Whether an observation upsert calls for pricing its merged row.
+pub(super) fn reprices(o: &ObservationUpsert) -> bool {
+    o.provided_cost.is_none()
+        && (o.model.is_some() || o.usage_input.is_some() || o.usage_output.is_some())
+}
+
+/// The (project, trace id) pairs known to have a trace row in the writer's current
+/// transaction, so that each trace is ensured once per transaction, not per observation.
+pub(super) type KnownTraces = std::collections::HashSet<(String, String)>;
 
 /// A count as stored (a signed 64-bit integer), saturating.
 pub(super) fn to_i64(n: Option<u64>) -> Option<i64> {

@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use super::DEFAULT_PROJECT;
-use crate::store::{Ingest, ObservationUpsert, TraceEvent, TraceUpsert};
+use crate::store::{Ingest, JsonText, ObservationUpsert, TraceEvent, TraceUpsert};
 
 /// Request fields that are sampling parameters, shown as the generation's parameters.
 const PARAMETERS: &[&str] = &[
@@ -149,6 +149,8 @@ pub fn events(call: CallTrace, outcome: CallOutcome<'_>) -> Vec<Ingest> {
     if let Some(alias) = &outcome.key_alias {
         trace_metadata.insert("key_alias".into(), Value::from(alias.clone()));
     }
+    let input = call.input.map(JsonText::from);
+    let output = outcome.output.map(JsonText::from);
     let trace = TraceUpsert {
         id: trace_id.clone(),
         timestamp: Some(outcome.start_ms),
@@ -156,9 +158,10 @@ pub fn events(call: CallTrace, outcome: CallOutcome<'_>) -> Vec<Ingest> {
         user_id: call.user_id,
         session_id: call.session_id,
         tags: (!call.tags.is_empty()).then_some(call.tags),
-        input: call.input.clone(),
-        output: outcome.output.clone(),
-        metadata: (!trace_metadata.is_empty()).then_some(Value::Object(trace_metadata)),
+        input: input.clone(),
+        output: output.clone(),
+        metadata: (!trace_metadata.is_empty())
+            .then(|| JsonText::from(Value::Object(trace_metadata))),
         ..TraceUpsert::default()
     };
     let mut metadata = json!({
@@ -194,16 +197,17 @@ pub fn events(call: CallTrace, outcome: CallOutcome<'_>) -> Vec<Ingest> {
         end_time: Some(outcome.end_ms),
         completion_start_time: outcome.first_token_ms.filter(|_| outcome.streamed),
         model: Some(outcome.model.to_string()),
-        model_parameters: (!call.parameters.is_empty()).then_some(Value::Object(call.parameters)),
-        input: call.input,
-        output: outcome.output,
-        metadata: Some(metadata),
+        model_parameters: (!call.parameters.is_empty())
+            .then(|| JsonText::from(Value::Object(call.parameters))),
+        input,
+        output,
+        metadata: Some(JsonText::from(metadata)),
         level: failed.then(|| "ERROR".to_string()),
         status_message: failed.then(|| format!("HTTP {}", outcome.status)),
         usage_input: Some(outcome.input_tokens),
         usage_output: Some(outcome.output_tokens),
         usage_total: Some(outcome.input_tokens + outcome.output_tokens),
-        usage_details,
+        usage_details: usage_details.map(JsonText::from),
         provided_cost: Some(outcome.cost),
         ..ObservationUpsert::default()
     };

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::store::{ObservationUpsert, ScoreUpsert, TraceEvent, TraceUpsert};
+use crate::store::{JsonText, ObservationUpsert, ScoreUpsert, TraceEvent, TraceUpsert};
 
 /// Longest id accepted, in bytes.
 const MAX_ID: usize = 256;
@@ -79,8 +79,8 @@ fn time(body: &Map<String, Value>, field: &str) -> Result<Option<i64>, Rejected>
     }
 }
 
-fn any(body: &Map<String, Value>, field: &str) -> Option<Value> {
-    body.get(field).filter(|v| !v.is_null()).cloned()
+fn any(body: &Map<String, Value>, field: &str) -> Option<JsonText> {
+    body.get(field).filter(|v| !v.is_null()).map(JsonText::from)
 }
 
 fn number(value: Option<&Value>) -> Option<u64> {

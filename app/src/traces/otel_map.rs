@@ -8,7 +8,7 @@
 use serde_json::{Map, Value};
 
 use super::otlp::OtelSpan;
-use crate::store::{ObservationUpsert, TraceEvent, TraceUpsert};
+use crate::store::{JsonText, ObservationUpsert, TraceEvent, TraceUpsert};
 
 /// Attributes that a mapping consumes (they do not go into metadata).
 const CONSUMED_PREFIXES: &[&str] = &["langfuse.", "gen_ai.usage.", "llm.token_count."];
@@ -136,9 +136,13 @@ pub fn span_events(span: &OtelSpan) -> Vec<TraceEvent> {
         version: string(a, &["langfuse.version"]),
         environment: environment.clone(),
         tags,
-        input: a.get("langfuse.trace.input").map(decoded),
-        output: a.get("langfuse.trace.output").map(decoded),
-        metadata: gathered(a, "langfuse.trace.metadata"),
+        input: a
+            .get("langfuse.trace.input")
+            .map(|v| JsonText::from(decoded(v))),
+        output: a
+            .get("langfuse.trace.output")
+            .map(|v| JsonText::from(decoded(v))),
+        metadata: gathered(a, "langfuse.trace.metadata").map(JsonText::from),
         public: a.get("langfuse.trace.public").and_then(Value::as_bool),
     };
 
@@ -201,13 +205,15 @@ pub fn span_events(span: &OtelSpan) -> Vec<TraceEvent> {
         .map(decoded)
         .or_else(|| a.get("gen_ai.prompt").map(decoded))
         .or_else(|| indexed_messages(a, "gen_ai.prompt"))
-        .or_else(|| a.get("input.value").map(decoded));
+        .or_else(|| a.get("input.value").map(decoded))
+        .map(JsonText::from);
     let output = a
         .get("langfuse.observation.output")
         .map(decoded)
         .or_else(|| a.get("gen_ai.completion").map(decoded))
         .or_else(|| indexed_messages(a, "gen_ai.completion"))
-        .or_else(|| a.get("output.value").map(decoded));
+        .or_else(|| a.get("output.value").map(decoded))
+        .map(JsonText::from);
     // Everything not mapped above is kept as metadata, as Langfuse does.
     let mut metadata = match gathered(a, "langfuse.observation.metadata") {
         Some(Value::Object(map)) => map,
@@ -266,10 +272,12 @@ pub fn span_events(span: &OtelSpan) -> Vec<TraceEvent> {
         end_time: nanos_to_ms(span.end_unix_nano),
         completion_start_time,
         model,
-        model_parameters: a.get("langfuse.observation.model.parameters").map(decoded),
+        model_parameters: a
+            .get("langfuse.observation.model.parameters")
+            .map(|v| JsonText::from(decoded(v))),
         input,
         output,
-        metadata: (!metadata.is_empty()).then_some(Value::Object(metadata)),
+        metadata: (!metadata.is_empty()).then(|| JsonText::from(Value::Object(metadata))),
         level,
         status_message,
         version: string(a, &["langfuse.version"]),
@@ -277,8 +285,8 @@ pub fn span_events(span: &OtelSpan) -> Vec<TraceEvent> {
         usage_input,
         usage_output,
         usage_total,
-        usage_details,
-        cost_details,
+        usage_details: usage_details.map(JsonText::from),
+        cost_details: cost_details.map(JsonText::from),
         provided_cost,
     })));
     events
@@ -331,9 +339,13 @@ mod tests {
             (o.usage_input, o.usage_output, o.usage_total),
             (Some(12), Some(3), Some(15))
         );
-        assert_eq!(o.input, Some(json!([{"role": "user", "content": "hi"}])));
-        assert_eq!(o.metadata.as_ref().unwrap()["http.method"], "POST");
-        assert!(o.metadata.as_ref().unwrap().get("user.id").is_none());
+        assert_eq!(
+            o.input,
+            Some(json!([{"role": "user", "content": "hi"}]).into())
+        );
+        let metadata = o.metadata.as_ref().unwrap().value();
+        assert_eq!(metadata["http.method"], "POST");
+        assert!(metadata.get("user.id").is_none());
     }
 
     #[test]
@@ -351,10 +363,10 @@ mod tests {
         assert_eq!(trace.name.as_deref(), Some("checkout"));
         assert_eq!(trace.timestamp, None);
         assert_eq!(trace.tags, Some(vec!["a".to_string(), "b".to_string()]));
-        assert_eq!(trace.metadata, Some(json!({"team": "x"})));
+        assert_eq!(trace.metadata, Some(json!({"team": "x"}).into()));
         assert_eq!(o.kind.as_deref(), Some("SPAN"));
-        assert_eq!(o.input, Some(json!({"q": 1})));
-        assert_eq!(o.metadata.as_ref().unwrap()["step"], 2);
+        assert_eq!(o.input, Some(json!({"q": 1}).into()));
+        assert_eq!(o.metadata.as_ref().unwrap().value()["step"], 2);
         assert_eq!((o.usage_input, o.usage_total), (Some(4), Some(5)));
         assert_eq!(o.parent_observation_id.as_deref(), Some("p"));
     }

@@ -5,7 +5,7 @@ use anyhow::Context;
 
 use super::{Db, spend, traces};
 use crate::pricing::PriceTable;
-use crate::store::records::{Ingest, SpendRecord};
+use crate::store::records::{Ingest, KnownTraces, SpendRecord};
 use crate::store::writer;
 
 pub struct Sink {
@@ -35,10 +35,11 @@ impl writer::Sink for Sink {
                 .await
                 .context("starting a transaction")?;
             spend::insert(&mut tx, spend).await?;
-            traces::apply(&mut tx, traces, prices, now).await?;
+            let mut known = KnownTraces::new();
+            traces::apply(&mut tx, traces, prices, now, &mut known).await?;
             let mut applied = Vec::with_capacity(ingests.len());
             for events in ingests {
-                applied.push(traces::apply(&mut tx, events, prices, now).await?);
+                applied.push(traces::apply(&mut tx, events, prices, now, &mut known).await?);
             }
             tx.commit().await.context("committing")?;
             Ok(applied)

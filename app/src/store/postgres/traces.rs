@@ -9,9 +9,9 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use super::Db;
 use crate::pricing::PriceTable;
 use crate::store::records::{
-    DailyMetrics, Ingest, ModelUsage, ObservationFilter, ObservationUpsert, ScoreUpsert,
-    StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
-    add_day_usage, json, parsed, set_day_traces, to_i64,
+    DailyMetrics, Ingest, KnownTraces, ModelUsage, ObservationFilter, ObservationUpsert,
+    ScoreUpsert, StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
+    add_day_usage, json, own_cost, parsed, reprices, set_day_traces, to_i64, token_cost,
 };
 
 /// Applies events in the caller's transaction. Returns, per event, whether it was new.
@@ -20,6 +20,7 @@ pub(super) async fn apply(
     batch: &[Ingest],
     prices: &PriceTable,
     now: i64,
+    known: &mut KnownTraces,
 ) -> anyhow::Result<Vec<bool>> {
     let mut applied = Vec::with_capacity(batch.len());
     for ingest in batch {
@@ -40,12 +41,23 @@ pub(super) async fn apply(
                 continue;
             }
         }
+        let project = &ingest.project;
         match &ingest.event {
-            TraceEvent::Trace(t) => upsert_trace(tx, &ingest.project, t, now).await?,
-            TraceEvent::Observation(o) => {
-                upsert_observation(tx, &ingest.project, o, prices, now).await?
+            TraceEvent::Trace(t) => {
+                upsert_trace(tx, project, t, now).await?;
+                known.insert((project.clone(), t.id.clone()));
             }
-            TraceEvent::Score(s) => upsert_score(tx, &ingest.project, s).await?,
+            TraceEvent::Observation(o) => {
+                let start = o.start_time.unwrap_or(now);
+                ensure_trace(tx, known, project, &o.trace_id, start, now).await?;
+                upsert_observation(tx, project, o, prices, now).await?;
+            }
+            TraceEvent::Score(s) => {
+                if let Some(trace_id) = &s.trace_id {
+                    ensure_trace(tx, known, project, trace_id, s.timestamp, s.timestamp).await?;
+                }
+                upsert_score(tx, project, s).await?;
+            }
         }
         applied.push(true);
     }
@@ -105,11 +117,16 @@ async fn upsert_trace(
 /// Makes sure a trace row exists for an observation or score that names one.
 async fn ensure_trace(
     tx: &mut PgConnection,
+    known: &mut KnownTraces,
     project: &str,
     trace_id: &str,
     timestamp: i64,
     now: i64,
 ) -> anyhow::Result<()> {
+    let key = (project.to_string(), trace_id.to_string());
+    if known.contains(&key) {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO traces (project_id, id, timestamp, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT DO NOTHING",
@@ -121,6 +138,7 @@ async fn ensure_trace(
     .execute(&mut *tx)
     .await
     .context("creating a trace")?;
+    known.insert(key);
     Ok(())
 }
 
@@ -131,15 +149,17 @@ async fn upsert_observation(
     prices: &PriceTable,
     now: i64,
 ) -> anyhow::Result<()> {
-    ensure_trace(tx, project, &o.trace_id, o.start_time.unwrap_or(now), now).await?;
-    // The merged row's model, usage and start come back for pricing.
+    // The event alone prices a new row; the merged row the upsert returns is priced again
+    // below where that differs (model and usage came in separate events).
+    let own_cost = own_cost(prices, o, now);
     let merged = sqlx::query(
         "INSERT INTO observations AS o (project_id, id, trace_id, type, parent_observation_id,
             name, start_time, end_time, completion_start_time, model, model_parameters, input,
             output, metadata, level, status_message, version, environment, usage_input,
-            usage_output, usage_total, usage_details, cost_details, provided_cost, updated_at)
+            usage_output, usage_total, usage_details, cost_details, provided_cost, updated_at,
+            calculated_input_cost, calculated_output_cost)
          VALUES ($1, $2, $3, COALESCE($4, 'SPAN'), $5, $6, COALESCE($7, $25), $8, $9, $10, $11,
-            $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
+            $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)
          ON CONFLICT (project_id, id) DO UPDATE SET
             type = COALESCE($4, o.type),
             parent_observation_id = COALESCE($5, o.parent_observation_id),
@@ -160,7 +180,8 @@ async fn upsert_observation(
             usage_details = COALESCE($22, o.usage_details),
             cost_details = COALESCE($23, o.cost_details),
             provided_cost = COALESCE($24, o.provided_cost), updated_at = $25
-         RETURNING model, usage_input, usage_output, start_time",
+         RETURNING model, usage_input, usage_output, start_time, calculated_input_cost,
+            calculated_output_cost",
     )
     .bind(project)
     .bind(&o.id)
@@ -187,38 +208,40 @@ async fn upsert_observation(
     .bind(json(&o.cost_details))
     .bind(o.provided_cost)
     .bind(now)
+    .bind(own_cost.map(|c| c.0))
+    .bind(own_cost.map(|c| c.1))
     .fetch_one(&mut *tx)
     .await
     .context("upserting an observation")?;
-    // Price the merged row: model and usage may have come in different events. A cost
-    // the client gave wins, so there is nothing to price then.
-    if o.provided_cost.is_none()
-        && (o.model.is_some() || o.usage_input.is_some() || o.usage_output.is_some())
+    if reprices(o)
         && let Some(model) = merged.try_get::<Option<String>, _>(0)?
     {
-        let input = merged.try_get::<Option<i64>, _>(1)?.unwrap_or(0).max(0) as f64;
-        let output = merged.try_get::<Option<i64>, _>(2)?.unwrap_or(0).max(0) as f64;
-        let start: i64 = merged.try_get(3)?;
-        let price = prices.price(&model, false, start.div_euclid(86_400_000));
-        sqlx::query(
-            "UPDATE observations SET calculated_input_cost = $3, calculated_output_cost = $4
-             WHERE project_id = $1 AND id = $2",
-        )
-        .bind(project)
-        .bind(&o.id)
-        .bind(price.input_per_token * input)
-        .bind(price.output_per_token * output)
-        .execute(&mut *tx)
-        .await
-        .context("pricing an observation")?;
+        let cost = token_cost(
+            prices,
+            &model,
+            merged.try_get(1)?,
+            merged.try_get(2)?,
+            merged.try_get(3)?,
+        );
+        let stored: (Option<f64>, Option<f64>) = (merged.try_get(4)?, merged.try_get(5)?);
+        if stored != (Some(cost.0), Some(cost.1)) {
+            sqlx::query(
+                "UPDATE observations SET calculated_input_cost = $3, calculated_output_cost = $4
+                 WHERE project_id = $1 AND id = $2",
+            )
+            .bind(project)
+            .bind(&o.id)
+            .bind(cost.0)
+            .bind(cost.1)
+            .execute(&mut *tx)
+            .await
+            .context("pricing an observation")?;
+        }
     }
     Ok(())
 }
 
 async fn upsert_score(tx: &mut PgConnection, project: &str, s: &ScoreUpsert) -> anyhow::Result<()> {
-    if let Some(trace_id) = &s.trace_id {
-        ensure_trace(tx, project, trace_id, s.timestamp, s.timestamp).await?;
-    }
     sqlx::query(
         "INSERT INTO scores (project_id, id, trace_id, observation_id, session_id, name, value,
             string_value, data_type, comment, source, timestamp, metadata)

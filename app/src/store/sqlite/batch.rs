@@ -1,5 +1,6 @@
 //! The writer thread's SQLite connection (`synchronous=FULL`: a commit is on disk when it
-//! returns): one transaction per batch of spend rows and trace events.
+//! returns): one transaction per batch of spend rows and trace events. Its WAL is
+//! checkpointed by `checkpoint.rs`, off the writer thread.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,13 +8,15 @@ use std::time::Duration;
 use anyhow::Context;
 use rusqlite::Connection;
 
+use super::checkpoint::Checkpointer;
 use super::{rollup, spend, traces};
 use crate::pricing::PriceTable;
-use crate::store::records::{Ingest, SpendRecord};
+use crate::store::records::{Ingest, KnownTraces, SpendRecord};
 use crate::store::writer;
 
 pub struct Sink {
     connection: Connection,
+    checkpointer: Checkpointer,
 }
 
 impl Sink {
@@ -24,7 +27,14 @@ impl Sink {
         connection.pragma_update(None, "synchronous", "FULL")?;
         // Random trace ids insert all over the B-trees: keep them in memory (128 MiB).
         connection.pragma_update(None, "cache_size", -131_072)?;
-        Ok(Self { connection })
+        // Checkpoints run on their own thread; the WAL file is cut back after each reset.
+        connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        connection.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        let checkpointer = Checkpointer::start(path)?;
+        Ok(Self {
+            connection,
+            checkpointer,
+        })
     }
 }
 
@@ -39,15 +49,17 @@ impl writer::Sink for Sink {
     ) -> anyhow::Result<Vec<Vec<bool>>> {
         let tx = self.connection.transaction()?;
         spend::insert(&tx, spend)?;
-        traces::apply(&tx, traces, prices, now)?;
+        let mut known = KnownTraces::new();
+        traces::apply(&tx, traces, prices, now, &mut known)?;
         let mut applied = Vec::with_capacity(ingests.len());
         for events in ingests {
-            applied.push(traces::apply(&tx, events, prices, now)?);
+            applied.push(traces::apply(&tx, events, prices, now, &mut known)?);
         }
         let mut batches = vec![traces];
         batches.extend_from_slice(ingests);
         rollup::refresh(&tx, &rollup::touched(&batches))?;
         tx.commit().context("committing")?;
+        self.checkpointer.nudge();
         Ok(applied)
     }
 }

@@ -3,6 +3,7 @@
 //! of spend and traces go through the writer thread's own connection (`batch.rs`).
 
 mod batch;
+mod checkpoint;
 mod conversations;
 mod gpu_history;
 mod keys;

@@ -10,9 +10,9 @@ use serde_json::Value;
 use super::rollup::{self, DAY_MS};
 use crate::pricing::PriceTable;
 use crate::store::records::{
-    DailyMetrics, Ingest, ModelUsage, ObservationFilter, ObservationUpsert, ScoreUpsert,
-    StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
-    add_day_usage, json, parsed, set_day_traces, to_i64,
+    DailyMetrics, Ingest, KnownTraces, ModelUsage, ObservationFilter, ObservationUpsert,
+    ScoreUpsert, StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
+    add_day_usage, json, own_cost, parsed, reprices, set_day_traces, to_i64, token_cost,
 };
 
 /// Applies events in the caller's transaction. Returns, per event, whether it was new
@@ -22,6 +22,7 @@ pub(super) fn apply(
     batch: &[Ingest],
     prices: &PriceTable,
     now: i64,
+    known: &mut KnownTraces,
 ) -> anyhow::Result<Vec<bool>> {
     let mut seen = tx.prepare_cached(
         "INSERT OR IGNORE INTO ingested_events (project_id, id, at) VALUES (?1, ?2, ?3)",
@@ -34,10 +35,29 @@ pub(super) fn apply(
             applied.push(false);
             continue;
         }
+        let project = &ingest.project;
         match &ingest.event {
-            TraceEvent::Trace(t) => upsert_trace(tx, &ingest.project, t, now)?,
-            TraceEvent::Observation(o) => upsert_observation(tx, &ingest.project, o, prices, now)?,
-            TraceEvent::Score(s) => upsert_score(tx, &ingest.project, s)?,
+            TraceEvent::Trace(t) => {
+                upsert_trace(tx, project, t, now)?;
+                known.insert((project.clone(), t.id.clone()));
+            }
+            TraceEvent::Observation(o) => {
+                ensure_trace(
+                    tx,
+                    known,
+                    project,
+                    &o.trace_id,
+                    o.start_time.unwrap_or(now),
+                    now,
+                )?;
+                upsert_observation(tx, project, o, prices, now)?;
+            }
+            TraceEvent::Score(s) => {
+                if let Some(trace_id) = &s.trace_id {
+                    ensure_trace(tx, known, project, trace_id, s.timestamp, s.timestamp)?;
+                }
+                upsert_score(tx, project, s)?;
+            }
         }
         applied.push(true);
     }
@@ -96,15 +116,21 @@ fn upsert_trace(
 /// Makes sure a trace row exists for an observation or score that names one.
 fn ensure_trace(
     tx: &Transaction<'_>,
+    known: &mut KnownTraces,
     project: &str,
     trace_id: &str,
     timestamp: i64,
     now: i64,
 ) -> anyhow::Result<()> {
+    let key = (project.to_string(), trace_id.to_string());
+    if known.contains(&key) {
+        return Ok(());
+    }
     tx.prepare_cached(
         "INSERT OR IGNORE INTO traces (project_id, id, timestamp, updated_at) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![project, trace_id, timestamp, now])?;
+    known.insert(key);
     Ok(())
 }
 
@@ -115,100 +141,97 @@ fn upsert_observation(
     prices: &PriceTable,
     now: i64,
 ) -> anyhow::Result<()> {
-    ensure_trace(tx, project, &o.trace_id, o.start_time.unwrap_or(now), now)?;
-    tx.prepare_cached(
-        "INSERT INTO observations (project_id, id, trace_id, type, parent_observation_id, name,
-            start_time, end_time, completion_start_time, model, model_parameters, input, output,
-            metadata, level, status_message, version, environment, usage_input, usage_output,
-            usage_total, usage_details, cost_details, provided_cost, updated_at)
-         VALUES (?1, ?2, ?3, COALESCE(?4, 'SPAN'), ?5, ?6, COALESCE(?7, ?25), ?8, ?9, ?10, ?11,
-            ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
-         ON CONFLICT (project_id, id) DO UPDATE SET
-            type = COALESCE(?4, type),
-            parent_observation_id = COALESCE(?5, parent_observation_id),
-            name = COALESCE(?6, name), start_time = COALESCE(?7, start_time),
-            end_time = COALESCE(?8, end_time),
-            completion_start_time = COALESCE(?9, completion_start_time),
-            model = COALESCE(?10, model), model_parameters = COALESCE(?11, model_parameters),
-            input = COALESCE(?12, input), output = COALESCE(?13, output),
-            metadata = CASE WHEN ?14 IS NULL THEN metadata
-                WHEN metadata IS NULL THEN ?14 ELSE json_patch(metadata, ?14) END,
-            level = COALESCE(?15, level),
-            status_message = COALESCE(?16, status_message), version = COALESCE(?17, version),
-            environment = COALESCE(?18, environment),
-            usage_input = COALESCE(?19, usage_input), usage_output = COALESCE(?20, usage_output),
-            usage_total = COALESCE(?21, usage_total),
-            usage_details = COALESCE(?22, usage_details),
-            cost_details = COALESCE(?23, cost_details),
-            provided_cost = COALESCE(?24, provided_cost), updated_at = ?25",
-    )?
-    .execute(params![
-        project,
-        o.id,
-        o.trace_id,
-        o.kind,
-        o.parent_observation_id,
-        o.name,
-        o.start_time,
-        o.end_time,
-        o.completion_start_time,
-        o.model,
-        json(&o.model_parameters),
-        json(&o.input),
-        json(&o.output),
-        json(&o.metadata),
-        o.level,
-        o.status_message,
-        o.version,
-        o.environment,
-        to_i64(o.usage_input),
-        to_i64(o.usage_output),
-        to_i64(o.usage_total),
-        json(&o.usage_details),
-        json(&o.cost_details),
-        o.provided_cost,
-        now
-    ])
-    .context("upserting an observation")?;
-    // Price the merged row: model and usage may have come in different events. A cost
-    // the client gave wins, so there is nothing to price then.
-    if o.provided_cost.is_none()
-        && (o.model.is_some() || o.usage_input.is_some() || o.usage_output.is_some())
-    {
-        // (model, input tokens, output tokens, start time)
-        type Priced = (Option<String>, Option<i64>, Option<i64>, i64);
-        let merged: Option<Priced> = tx
-            .prepare_cached(
-                "SELECT model, usage_input, usage_output, start_time FROM observations
-                 WHERE project_id = ?1 AND id = ?2",
-            )?
-            .query_row(params![project, o.id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()?;
-        if let Some((Some(model), input, output, start)) = merged {
-            let price = prices.price(&model, false, start.div_euclid(86_400_000));
-            let input = input.unwrap_or(0).max(0) as f64;
-            let output = output.unwrap_or(0).max(0) as f64;
+    // The event alone prices a new row; the merged row the upsert returns is priced again
+    // below where that differs (model and usage came in separate events).
+    let own_cost = own_cost(prices, o, now);
+    // (model, input tokens, output tokens, start time, calculated input and output cost)
+    type Merged = (
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        i64,
+        Option<f64>,
+        Option<f64>,
+    );
+    let merged: Merged = tx
+        .prepare_cached(
+            "INSERT INTO observations (project_id, id, trace_id, type, parent_observation_id,
+                name, start_time, end_time, completion_start_time, model, model_parameters,
+                input, output, metadata, level, status_message, version, environment,
+                usage_input, usage_output, usage_total, usage_details, cost_details,
+                provided_cost, updated_at, calculated_input_cost, calculated_output_cost)
+             VALUES (?1, ?2, ?3, COALESCE(?4, 'SPAN'), ?5, ?6, COALESCE(?7, ?25), ?8, ?9, ?10,
+                ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26,
+                ?27)
+             ON CONFLICT (project_id, id) DO UPDATE SET
+                type = COALESCE(?4, type),
+                parent_observation_id = COALESCE(?5, parent_observation_id),
+                name = COALESCE(?6, name), start_time = COALESCE(?7, start_time),
+                end_time = COALESCE(?8, end_time),
+                completion_start_time = COALESCE(?9, completion_start_time),
+                model = COALESCE(?10, model), model_parameters = COALESCE(?11, model_parameters),
+                input = COALESCE(?12, input), output = COALESCE(?13, output),
+                metadata = CASE WHEN ?14 IS NULL THEN metadata
+                    WHEN metadata IS NULL THEN ?14 ELSE json_patch(metadata, ?14) END,
+                level = COALESCE(?15, level),
+                status_message = COALESCE(?16, status_message), version = COALESCE(?17, version),
+                environment = COALESCE(?18, environment),
+                usage_input = COALESCE(?19, usage_input), usage_output = COALESCE(?20, usage_output),
+                usage_total = COALESCE(?21, usage_total),
+                usage_details = COALESCE(?22, usage_details),
+                cost_details = COALESCE(?23, cost_details),
+                provided_cost = COALESCE(?24, provided_cost), updated_at = ?25
+             RETURNING model, usage_input, usage_output, start_time, calculated_input_cost,
+                calculated_output_cost",
+        )?
+        .query_row(
+            params![
+                project,
+                o.id,
+                o.trace_id,
+                o.kind,
+                o.parent_observation_id,
+                o.name,
+                o.start_time,
+                o.end_time,
+                o.completion_start_time,
+                o.model,
+                json(&o.model_parameters),
+                json(&o.input),
+                json(&o.output),
+                json(&o.metadata),
+                o.level,
+                o.status_message,
+                o.version,
+                o.environment,
+                to_i64(o.usage_input),
+                to_i64(o.usage_output),
+                to_i64(o.usage_total),
+                json(&o.usage_details),
+                json(&o.cost_details),
+                o.provided_cost,
+                now,
+                own_cost.map(|c| c.0),
+                own_cost.map(|c| c.1),
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )
+        .context("upserting an observation")?;
+    let (model, input, output, start, input_cost, output_cost) = merged;
+    if let (true, Some(model)) = (reprices(o), model) {
+        let cost = token_cost(prices, &model, input, output, start);
+        if (input_cost, output_cost) != (Some(cost.0), Some(cost.1)) {
             tx.prepare_cached(
                 "UPDATE observations SET calculated_input_cost = ?3, calculated_output_cost = ?4
                  WHERE project_id = ?1 AND id = ?2",
             )?
-            .execute(params![
-                project,
-                o.id,
-                price.input_per_token * input,
-                price.output_per_token * output
-            ])?;
+            .execute(params![project, o.id, cost.0, cost.1])?;
         }
     }
     Ok(())
 }
 
 fn upsert_score(tx: &Transaction<'_>, project: &str, s: &ScoreUpsert) -> anyhow::Result<()> {
-    if let Some(trace_id) = &s.trace_id {
-        ensure_trace(tx, project, trace_id, s.timestamp, s.timestamp)?;
-    }
     tx.prepare_cached(
         "INSERT OR REPLACE INTO scores (project_id, id, trace_id, observation_id, session_id,
             name, value, string_value, data_type, comment, source, timestamp, metadata)
