@@ -133,6 +133,17 @@ def test_resent_event_ids_are_applied_once(traces):
     assert {o["id"] for o in trace["observations"]} == {"g-dedupe", "s-dedupe"}
 
 
+def test_an_event_id_twice_in_one_batch_is_applied_once(traces):
+    """The first event with an id applies; the same id later in the batch is a duplicate."""
+    batch = [ev("twice", "trace-create", {"id": "t-twice", "name": "first", "tags": ["a"]}),
+             ev("twice", "trace-create", {"id": "t-twice", "name": "second", "tags": ["b"]}),
+             ev("twice-other", "trace-create", {"id": "t-twice", "userId": "u-twice"})]
+    successes, errors = results(ingest(traces, batch))
+    assert successes == {"twice": 201, "twice-other": 201} and errors == {}
+    trace = get(traces, "/api/public/traces/t-twice")
+    assert (trace["name"], trace["tags"], trace["userId"]) == ("first", ["a"], "u-twice")
+
+
 def test_partial_updates_keep_what_they_leave_out(traces):
     successes, _ = results(ingest(traces, [
         ev("p-1", "trace-create", {"id": "t-partial", "name": "partial", "userId": "u-partial",

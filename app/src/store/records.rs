@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+/// Milliseconds in a UTC day: daily metrics and prices go by UTC day.
+pub(super) const DAY_MS: i64 = 86_400_000;
+
 /// A JSON value as the store keeps it: its text, serialized where the event was parsed
 /// (on the request's thread), so that the writer thread only binds strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +20,7 @@ impl JsonText {
     }
 
     /// The value again (text that is not JSON comes back as a string).
+    #[cfg(test)]
     pub fn value(&self) -> Value {
         serde_json::from_str(&self.0).unwrap_or_else(|_| Value::String(self.0.clone()))
     }
@@ -203,6 +207,57 @@ pub struct TraceFilter {
     pub environment: Vec<String>,
 }
 
+/// How daily metrics are gathered: whole UTC days from the writer's per-day totals, and
+/// from the rows themselves the partial days at either end of a time range, or everything
+/// when the filter is on more than time (the totals are per day, not per user or tag).
+#[derive(Debug)]
+pub(super) struct DailyPlan {
+    /// Whole days `first..end` (day numbers) to read from the totals, if any.
+    pub whole_days: Option<(i64, i64)>,
+    /// Filters to compute from the rows; a day they return replaces the totals' day.
+    pub scans: Vec<TraceFilter>,
+}
+
+pub(super) fn daily_plan(filter: &TraceFilter) -> DailyPlan {
+    if filter.user_id.is_some()
+        || filter.session_id.is_some()
+        || filter.name.is_some()
+        || !filter.tags.is_empty()
+        || !filter.environment.is_empty()
+    {
+        return DailyPlan {
+            whole_days: None,
+            scans: vec![filter.clone()],
+        };
+    }
+    let by_time = |from, to| TraceFilter {
+        from,
+        to,
+        ..TraceFilter::default()
+    };
+    let first = filter.from.map_or(i64::MIN, |from| {
+        from.div_euclid(DAY_MS) + i64::from(from.rem_euclid(DAY_MS) != 0)
+    });
+    let end = filter.to.map_or(i64::MAX, |to| to.div_euclid(DAY_MS));
+    if first >= end {
+        return DailyPlan {
+            whole_days: None,
+            scans: vec![by_time(filter.from, filter.to)],
+        };
+    }
+    let mut scans = Vec::new();
+    if let Some(from) = filter.from.filter(|from| from.rem_euclid(DAY_MS) != 0) {
+        scans.push(by_time(Some(from), Some(first * DAY_MS)));
+    }
+    if let Some(to) = filter.to.filter(|to| to.rem_euclid(DAY_MS) != 0) {
+        scans.push(by_time(Some(end * DAY_MS), Some(to)));
+    }
+    DailyPlan {
+        whole_days: Some((first, end)),
+        scans,
+    }
+}
+
 /// Filters of `GET /api/public/observations`.
 #[derive(Debug, Clone, Default)]
 pub struct ObservationFilter {
@@ -351,7 +406,7 @@ pub(super) fn token_cost(
     output: Option<i64>,
     start_ms: i64,
 ) -> (f64, f64) {
-    let price = prices.price(model, false, start_ms.div_euclid(86_400_000));
+    let price = prices.price(model, false, start_ms.div_euclid(DAY_MS));
     (
         price.input_per_token * input.unwrap_or(0).max(0) as f64,
         price.output_per_token * output.unwrap_or(0).max(0) as f64,
@@ -386,6 +441,25 @@ pub(super) fn reprices(o: &ObservationUpsert) -> bool {
 /// The (project, trace id) pairs known to have a trace row in the writer's current
 /// transaction, so that each trace is ensured once per transaction, not per observation.
 pub(super) type KnownTraces = std::collections::HashSet<(String, String)>;
+
+/// The (project, trace id) pairs that events in a write batch touched: the traces whose
+/// day totals the writer brings up to date after it.
+pub(super) fn touched_traces(
+    batches: &[&[Ingest]],
+) -> std::collections::BTreeSet<(String, String)> {
+    let mut touched = std::collections::BTreeSet::new();
+    for ingest in batches.iter().flat_map(|b| b.iter()) {
+        let trace = match &ingest.event {
+            TraceEvent::Trace(t) => Some(&t.id),
+            TraceEvent::Observation(o) => Some(&o.trace_id),
+            TraceEvent::Score(s) => s.trace_id.as_ref(),
+        };
+        if let Some(trace) = trace {
+            touched.insert((ingest.project.clone(), trace.clone()));
+        }
+    }
+    touched
+}
 
 /// A count as stored (a signed 64-bit integer), saturating.
 pub(super) fn to_i64(n: Option<u64>) -> Option<i64> {

@@ -3,9 +3,9 @@
 
 use anyhow::Context;
 
-use super::{Db, spend, traces};
+use super::{Db, rollup, spend, traces};
 use crate::pricing::PriceTable;
-use crate::store::records::{Ingest, KnownTraces, SpendRecord};
+use crate::store::records::{Ingest, KnownTraces, SpendRecord, touched_traces};
 use crate::store::writer;
 
 pub struct Sink {
@@ -41,6 +41,9 @@ impl writer::Sink for Sink {
             for events in ingests {
                 applied.push(traces::apply(&mut tx, events, prices, now, &mut known).await?);
             }
+            let mut batches = vec![traces];
+            batches.extend_from_slice(ingests);
+            rollup::refresh(&mut tx, &touched_traces(&batches)).await?;
             tx.commit().await.context("committing")?;
             Ok(applied)
         })

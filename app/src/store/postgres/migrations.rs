@@ -187,6 +187,8 @@ const MIGRATIONS: &[&str] = &[
         RETURN merged;
     END
     $$;",
+    // 5: per-day totals for daily metrics, kept by the writer.
+    super::rollup::MIGRATION,
 ];
 
 pub async fn run(pool: &PgPool) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ mod conversations;
 mod gpu_history;
 mod keys;
 mod migrations;
+mod rollup;
 mod spend;
 mod traces;
 

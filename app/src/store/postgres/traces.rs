@@ -2,16 +2,19 @@
 //! and reads as the SQLite backend (`../sqlite/traces.rs`), in Postgres' SQL. Tags and
 //! JSON columns are TEXT as in SQLite; merges go through JSONB.
 
+use std::collections::HashSet;
+
 use anyhow::Context;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
-use super::Db;
+use super::{Db, rollup};
 use crate::pricing::PriceTable;
 use crate::store::records::{
     DailyMetrics, Ingest, KnownTraces, ModelUsage, ObservationFilter, ObservationUpsert,
     ScoreUpsert, StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
-    add_day_usage, json, own_cost, parsed, reprices, set_day_traces, to_i64, token_cost,
+    add_day_usage, daily_plan, json, own_cost, parsed, reprices, set_day_traces, to_i64,
+    token_cost,
 };
 
 /// Applies events in the caller's transaction. Returns, per event, whether it was new.
@@ -22,24 +25,14 @@ pub(super) async fn apply(
     now: i64,
     known: &mut KnownTraces,
 ) -> anyhow::Result<Vec<bool>> {
+    let mut new_ids = record_event_ids(tx, batch, now).await?;
     let mut applied = Vec::with_capacity(batch.len());
     for ingest in batch {
-        if let Some(event_id) = &ingest.event_id {
-            let inserted = sqlx::query(
-                "INSERT INTO ingested_events (project_id, id, at) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&ingest.project)
-            .bind(event_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .context("recording an event id")?
-            .rows_affected();
-            if inserted == 0 {
-                applied.push(false);
-                continue;
-            }
+        if let Some(event_id) = &ingest.event_id
+            && !new_ids.remove(&(ingest.project.clone(), event_id.clone()))
+        {
+            applied.push(false);
+            continue;
         }
         let project = &ingest.project;
         match &ingest.event {
@@ -62,6 +55,44 @@ pub(super) async fn apply(
         applied.push(true);
     }
     Ok(applied)
+}
+
+/// Records the batch's event ids in one statement; returns those not seen before (an id
+/// twice in the batch is new once: its first event applies, the second is a duplicate).
+async fn record_event_ids(
+    tx: &mut PgConnection,
+    batch: &[Ingest],
+    now: i64,
+) -> anyhow::Result<HashSet<(String, String)>> {
+    let mut unique = HashSet::new();
+    let (mut projects, mut ids) = (Vec::new(), Vec::new());
+    for ingest in batch {
+        if let Some(event_id) = &ingest.event_id
+            && unique.insert((ingest.project.as_str(), event_id.as_str()))
+        {
+            projects.push(ingest.project.as_str());
+            ids.push(event_id.as_str());
+        }
+    }
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = sqlx::query(
+        "INSERT INTO ingested_events (project_id, id, at)
+         SELECT project_id, id, $3 FROM UNNEST($1::TEXT[], $2::TEXT[]) AS e(project_id, id)
+         ON CONFLICT DO NOTHING
+         RETURNING project_id, id",
+    )
+    .bind(&projects)
+    .bind(&ids)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await
+    .context("recording event ids")?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<sqlx::Result<_>>()
+        .map_err(Into::into)
 }
 
 async fn upsert_trace(
@@ -621,11 +652,28 @@ impl Db {
         project: String,
         filter: TraceFilter,
     ) -> anyhow::Result<Vec<DailyMetrics>> {
+        let plan = daily_plan(&filter);
+        let mut days = match plan.whole_days {
+            Some((first, end)) => rollup::days(&self.pool, &project, first, end).await?,
+            None => Default::default(),
+        };
+        for scan in &plan.scans {
+            days.extend(self.scan_days(&project, scan).await?);
+        }
+        Ok(days.into_values().rev().collect())
+    }
+
+    /// Daily metrics computed from the rows.
+    async fn scan_days(
+        &self,
+        project: &str,
+        filter: &TraceFilter,
+    ) -> anyhow::Result<std::collections::BTreeMap<i64, DailyMetrics>> {
         let mut days: std::collections::BTreeMap<i64, DailyMetrics> =
             std::collections::BTreeMap::new();
         let mut per_day =
             QueryBuilder::new("SELECT t.timestamp / 86400000, COUNT(*) FROM traces t");
-        push_trace_filter(&mut per_day, &project, &filter);
+        push_trace_filter(&mut per_day, project, filter);
         per_day.push(" GROUP BY 1");
         for row in per_day
             .build()
@@ -644,7 +692,7 @@ impl Db {
              FROM traces t JOIN observations o
                ON o.project_id = t.project_id AND o.trace_id = t.id",
         );
-        push_trace_filter(&mut per_model, &project, &filter);
+        push_trace_filter(&mut per_model, project, filter);
         per_model.push(" GROUP BY 1, 2");
         for row in per_model
             .build()
@@ -667,16 +715,29 @@ impl Db {
             };
             add_day_usage(&mut days, day, usage);
         }
-        Ok(days.into_values().rev().collect())
+        Ok(days)
     }
 
     /// Blocking: the retention thread calls it.
     pub fn prune_traces(&self, before: i64, chunk: usize) -> anyhow::Result<usize> {
         self.block_on(async {
             let mut tx = self.pool.begin().await?;
+            let doomed =
+                sqlx::query("SELECT project_id, id FROM traces WHERE timestamp < $1 LIMIT $2")
+                    .bind(before)
+                    .bind(i64::try_from(chunk).unwrap_or(i64::MAX))
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let mut projects = Vec::with_capacity(doomed.len());
+            let mut ids = Vec::with_capacity(doomed.len());
+            for row in &doomed {
+                projects.push(row.try_get::<String, _>(0)?);
+                ids.push(row.try_get::<String, _>(1)?);
+            }
+            rollup::forget(&mut tx, &projects, &ids).await?;
             let deleted = sqlx::query(
                 "WITH doomed AS (
-                    SELECT project_id, id FROM traces WHERE timestamp < $1 LIMIT $2
+                    SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) AS d(project_id, id)
                  ), gone_observations AS (
                     DELETE FROM observations o USING doomed d
                     WHERE o.project_id = d.project_id AND o.trace_id = d.id
@@ -687,8 +748,8 @@ impl Db {
                  DELETE FROM traces t USING doomed d
                  WHERE t.project_id = d.project_id AND t.id = d.id",
             )
-            .bind(before)
-            .bind(i64::try_from(chunk).unwrap_or(i64::MAX))
+            .bind(&projects)
+            .bind(&ids)
             .execute(&mut *tx)
             .await?
             .rows_affected() as usize;

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use super::checkpoint::Checkpointer;
 use super::{rollup, spend, traces};
 use crate::pricing::PriceTable;
-use crate::store::records::{Ingest, KnownTraces, SpendRecord};
+use crate::store::records::{Ingest, KnownTraces, SpendRecord, touched_traces};
 use crate::store::writer;
 
 pub struct Sink {
@@ -57,7 +57,7 @@ impl writer::Sink for Sink {
         }
         let mut batches = vec![traces];
         batches.extend_from_slice(ingests);
-        rollup::refresh(&tx, &rollup::touched(&batches))?;
+        rollup::refresh(&tx, &touched_traces(&batches))?;
         tx.commit().context("committing")?;
         self.checkpointer.nudge();
         Ok(applied)

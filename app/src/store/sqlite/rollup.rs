@@ -13,8 +13,6 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::store::records::{DailyMetrics, ModelUsage, add_day_usage, set_day_traces};
 
-pub const DAY_MS: i64 = 86_400_000;
-
 /// Migration 5: the rollup tables, filled from what is stored already.
 pub const MIGRATION: &str = "
     ALTER TABLE traces ADD COLUMN rollup_day INTEGER;
@@ -73,23 +71,6 @@ struct Contribution {
     output: i64,
     total: i64,
     cost: f64,
-}
-
-/// The trace ids (per project) that events in a batch touched.
-pub fn touched(batches: &[&[crate::store::records::Ingest]]) -> BTreeSet<(String, String)> {
-    use crate::store::records::TraceEvent;
-    let mut touched = BTreeSet::new();
-    for ingest in batches.iter().flat_map(|b| b.iter()) {
-        let trace = match &ingest.event {
-            TraceEvent::Trace(t) => Some(&t.id),
-            TraceEvent::Observation(o) => Some(&o.trace_id),
-            TraceEvent::Score(s) => s.trace_id.as_ref(),
-        };
-        if let Some(trace) = trace {
-            touched.insert((ingest.project.clone(), trace.clone()));
-        }
-    }
-    touched
 }
 
 /// Brings the day totals up to date with the touched traces, in the writer's transaction.

@@ -7,12 +7,13 @@ use anyhow::Context;
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::Value;
 
-use super::rollup::{self, DAY_MS};
+use super::rollup;
 use crate::pricing::PriceTable;
 use crate::store::records::{
     DailyMetrics, Ingest, KnownTraces, ModelUsage, ObservationFilter, ObservationUpsert,
     ScoreUpsert, StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
-    add_day_usage, json, own_cost, parsed, reprices, set_day_traces, to_i64, token_cost,
+    add_day_usage, daily_plan, json, own_cost, parsed, reprices, set_day_traces, to_i64,
+    token_cost,
 };
 
 /// Applies events in the caller's transaction. Returns, per event, whether it was new
@@ -586,55 +587,13 @@ impl super::Db {
         filter: TraceFilter,
     ) -> anyhow::Result<Vec<DailyMetrics>> {
         self.with_connection(move |c| {
-            // Whole days come from the writer's totals; filters other than time, and the
-            // partial days at either end of a time range, are computed from the rows.
-            let by_time_only = TraceFilter {
-                from: filter.from,
-                to: filter.to,
-                ..TraceFilter::default()
+            let plan = daily_plan(&filter);
+            let mut days = match plan.whole_days {
+                Some((first, end)) => rollup::days(c, &project, first, end)?,
+                None => Default::default(),
             };
-            if filter.user_id.is_some()
-                || filter.session_id.is_some()
-                || filter.name.is_some()
-                || !filter.tags.is_empty()
-                || !filter.environment.is_empty()
-                || by_time_only.from.is_none() && by_time_only.to.is_none() && false
-            {
-                return Ok(scan_days(c, &project, &filter)?
-                    .into_values()
-                    .rev()
-                    .collect());
-            }
-            let first_day = filter
-                .from
-                .map(|from| from.div_euclid(DAY_MS) + i64::from(from.rem_euclid(DAY_MS) != 0));
-            let end_day = filter.to.map(|to| to.div_euclid(DAY_MS));
-            let (first_day, end_day) = (first_day.unwrap_or(i64::MIN), end_day.unwrap_or(i64::MAX));
-            let mut days = if first_day < end_day {
-                rollup::days(c, &project, first_day, end_day)?
-            } else {
-                Default::default()
-            };
-            let mut edges = Vec::new();
-            if first_day < end_day {
-                if let Some(from) = filter.from.filter(|from| from.rem_euclid(DAY_MS) != 0) {
-                    edges.push((Some(from), Some(first_day * DAY_MS)));
-                }
-                if let Some(to) = filter.to.filter(|to| to.rem_euclid(DAY_MS) != 0) {
-                    edges.push((Some(end_day * DAY_MS), Some(to)));
-                }
-            } else {
-                edges.push((filter.from, filter.to));
-            }
-            for (from, to) in edges {
-                let edge = TraceFilter {
-                    from,
-                    to,
-                    ..TraceFilter::default()
-                };
-                for (day, metrics) in scan_days(c, &project, &edge)? {
-                    days.insert(day, metrics);
-                }
+            for scan in &plan.scans {
+                days.extend(scan_days(c, &project, scan)?);
             }
             Ok(days.into_values().rev().collect())
         })
