@@ -461,6 +461,26 @@ pub(super) fn touched_traces(
     touched
 }
 
+/// One row of the per-day totals (`daily_usage`) as a model's usage: model `''` is usage
+/// without a model, and counts kept by adding and subtracting are clamped at zero.
+pub(super) fn rolled_up_usage(
+    model: String,
+    [traces, observations, input, output, total]: [i64; 5],
+    cost: f64,
+) -> ModelUsage {
+    let count = |n: i64| n.max(0) as u64;
+    ModelUsage {
+        model: (!model.is_empty()).then_some(model),
+        count_traces: count(traces),
+        count_observations: count(observations),
+        input: count(input),
+        output: count(output),
+        total: count(total),
+        // Sums of additions and subtractions leave float dust behind.
+        total_cost: (cost * 1e12).round() / 1e12,
+    }
+}
+
 /// A count as stored (a signed 64-bit integer), saturating.
 pub(super) fn to_i64(n: Option<u64>) -> Option<i64> {
     n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))

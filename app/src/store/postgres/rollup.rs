@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context;
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::store::records::{DailyMetrics, ModelUsage, add_day_usage, set_day_traces};
+use crate::store::records::{DailyMetrics, add_day_usage, rolled_up_usage, set_day_traces};
 
 /// Migration 5: the rollup tables, filled from what is stored already.
 pub const MIGRATION: &str = "
@@ -77,8 +77,21 @@ const ADD_TO_DAYS: &str = "
         input = d.input + EXCLUDED.input, output = d.output + EXCLUDED.output,
         total = d.total + EXCLUDED.total, cost = d.cost + EXCLUDED.cost";
 
-fn split(touched: &BTreeSet<(String, String)>) -> (Vec<String>, Vec<String>) {
-    touched.iter().cloned().unzip()
+/// Runs `sql` (which starts `WITH x AS ...` over `$1`, `$2`) for the touched traces.
+async fn over_touched(
+    tx: &mut PgConnection,
+    sql: &str,
+    projects: &[String],
+    ids: &[String],
+    what: &'static str,
+) -> anyhow::Result<()> {
+    sqlx::query(sql)
+        .bind(projects)
+        .bind(ids)
+        .execute(&mut *tx)
+        .await
+        .context(what)?;
+    Ok(())
 }
 
 /// Brings the day totals up to date with the touched traces, in the writer's transaction.
@@ -89,9 +102,9 @@ pub async fn refresh(
     if touched.is_empty() {
         return Ok(());
     }
-    let (projects, ids) = split(touched);
+    let (projects, ids): (Vec<String>, Vec<String>) = touched.iter().cloned().unzip();
     // A trace counts once toward its day; one whose day changed moves.
-    sqlx::query(&format!(
+    let count_days = format!(
         "WITH {TOUCHED}, moved AS (
             SELECT t.project_id, t.id, t.rollup_day AS old_day, t.timestamp / 86400000 AS day
             FROM traces t JOIN x ON t.project_id = x.project_id AND t.id = x.trace_id
@@ -106,14 +119,10 @@ pub async fn refresh(
             UNION ALL SELECT project_id, old_day, -1 FROM moved WHERE old_day IS NOT NULL
          ) c GROUP BY project_id, day
          ON CONFLICT (project_id, day) DO UPDATE SET traces = d.traces + EXCLUDED.traces"
-    ))
-    .bind(&projects)
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await
-    .context("counting traces per day")?;
+    );
+    over_touched(tx, &count_days, &projects, &ids, "counting traces per day").await?;
     subtract(tx, &projects, &ids).await?;
-    sqlx::query(&format!(
+    let add = format!(
         "WITH {TOUCHED}, changes AS (
             INSERT INTO trace_usage (project_id, trace_id, model, day, observations, input,
                 output, total, cost)
@@ -127,13 +136,8 @@ pub async fn refresh(
             RETURNING project_id, day, model, 1 AS traces, observations, input, output, total,
                 cost
          ) {ADD_TO_DAYS}"
-    ))
-    .bind(&projects)
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await
-    .context("adding traces to their days")?;
-    Ok(())
+    );
+    over_touched(tx, &add, &projects, &ids, "adding traces to their days").await
 }
 
 /// Takes traces out of the day totals, before pruning deletes them.
@@ -143,20 +147,15 @@ pub async fn forget(
     ids: &[String],
 ) -> anyhow::Result<()> {
     subtract(tx, projects, ids).await?;
-    sqlx::query(&format!(
+    let uncount = format!(
         "WITH {TOUCHED}
          UPDATE daily_traces d SET traces = d.traces - c.n FROM (
             SELECT t.project_id, t.rollup_day AS day, COUNT(*) AS n
             FROM traces t JOIN x ON t.project_id = x.project_id AND t.id = x.trace_id
             WHERE t.rollup_day IS NOT NULL GROUP BY 1, 2
          ) c WHERE d.project_id = c.project_id AND d.day = c.day"
-    ))
-    .bind(projects)
-    .bind(ids)
-    .execute(&mut *tx)
-    .await
-    .context("uncounting pruned traces")?;
-    Ok(())
+    );
+    over_touched(tx, &uncount, projects, ids, "uncounting pruned traces").await
 }
 
 /// Deletes the traces' contributions and subtracts them from their days.
@@ -165,20 +164,15 @@ async fn subtract(
     projects: &[String],
     ids: &[String],
 ) -> anyhow::Result<()> {
-    sqlx::query(&format!(
+    let sql = format!(
         "WITH {TOUCHED}, changes AS (
             DELETE FROM trace_usage u USING x
             WHERE u.project_id = x.project_id AND u.trace_id = x.trace_id
             RETURNING u.project_id, u.day, u.model, -1 AS traces, -u.observations AS observations,
                 -u.input AS input, -u.output AS output, -u.total AS total, -u.cost AS cost
          ) {ADD_TO_DAYS}"
-    ))
-    .bind(projects)
-    .bind(ids)
-    .execute(&mut *tx)
-    .await
-    .context("taking traces out of their days")?;
-    Ok(())
+    );
+    over_touched(tx, &sql, projects, ids, "taking traces out of their days").await
 }
 
 /// Day totals for whole days `from_day..to_day`, keyed by day.
@@ -218,18 +212,14 @@ pub async fn days(
     .await
     .context("reading usage per day")?;
     for row in usage {
-        let count = |i: usize| -> sqlx::Result<u64> { Ok(row.try_get::<i64, _>(i)?.max(0) as u64) };
-        let model: String = row.try_get(1)?;
-        let usage = ModelUsage {
-            model: (!model.is_empty()).then_some(model),
-            count_traces: count(2)?,
-            count_observations: count(3)?,
-            input: count(4)?,
-            output: count(5)?,
-            total: count(6)?,
-            // Sums of additions and subtractions leave float dust behind.
-            total_cost: (row.try_get::<f64, _>(7)? * 1e12).round() / 1e12,
-        };
+        let counts = [
+            row.try_get(2)?,
+            row.try_get(3)?,
+            row.try_get(4)?,
+            row.try_get(5)?,
+            row.try_get(6)?,
+        ];
+        let usage = rolled_up_usage(row.try_get(1)?, counts, row.try_get(7)?);
         add_day_usage(&mut days, row.try_get(0)?, usage);
     }
     Ok(days)

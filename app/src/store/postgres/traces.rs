@@ -154,8 +154,8 @@ async fn ensure_trace(
     timestamp: i64,
     now: i64,
 ) -> anyhow::Result<()> {
-    let key = (project.to_string(), trace_id.to_string());
-    if known.contains(&key) {
+    // A failed insert fails the whole transaction, so the set can be marked first.
+    if !known.insert((project.to_string(), trace_id.to_string())) {
         return Ok(());
     }
     sqlx::query(
@@ -169,7 +169,6 @@ async fn ensure_trace(
     .execute(&mut *tx)
     .await
     .context("creating a trace")?;
-    known.insert(key);
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::store::records::{DailyMetrics, ModelUsage, add_day_usage, set_day_traces};
+use crate::store::records::{DailyMetrics, add_day_usage, rolled_up_usage, set_day_traces};
 
 /// Migration 5: the rollup tables, filled from what is stored already.
 pub const MIGRATION: &str = "
@@ -196,20 +196,10 @@ pub fn days(
          ORDER BY day, model",
     )?;
     for row in usage.query_map(params![project, from_day, to_day], |r| {
-        let count = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
-        let model: String = r.get(1)?;
+        let counts = [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?];
         Ok((
             r.get::<_, i64>(0)?,
-            ModelUsage {
-                model: (!model.is_empty()).then_some(model),
-                count_traces: count(2)?,
-                count_observations: count(3)?,
-                input: count(4)?,
-                output: count(5)?,
-                total: count(6)?,
-                // Sums of additions and subtractions leave float dust behind.
-                total_cost: (r.get::<_, f64>(7)? * 1e12).round() / 1e12,
-            },
+            rolled_up_usage(r.get(1)?, counts, r.get(7)?),
         ))
     })? {
         let (day, usage) = row?;

@@ -123,15 +123,14 @@ fn ensure_trace(
     timestamp: i64,
     now: i64,
 ) -> anyhow::Result<()> {
-    let key = (project.to_string(), trace_id.to_string());
-    if known.contains(&key) {
+    // A failed insert fails the whole transaction, so the set can be marked first.
+    if !known.insert((project.to_string(), trace_id.to_string())) {
         return Ok(());
     }
     tx.prepare_cached(
         "INSERT OR IGNORE INTO traces (project_id, id, timestamp, updated_at) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(params![project, trace_id, timestamp, now])?;
-    known.insert(key);
     Ok(())
 }
 
