@@ -105,9 +105,15 @@ pub struct RawEngineConfig {
     pub max_waiting: Option<usize>,
     pub max_batched_tokens: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
-    /// Memory for each chat model's paged KV cache, in bytes (e.g. 1073741824) or with a
-    /// unit: "512MiB", "2GiB".
+    /// Memory for each chat model's paged KV cache on the CPU, in bytes (e.g. 1073741824)
+    /// or with a unit: "512MiB", "2GiB".
     pub kv_cache_bytes: Option<ByteSize>,
+    /// Where chat models run: `auto` (a CUDA GPU when one is usable, else the CPU), `cpu`,
+    /// `cuda` or `cuda:N`.
+    pub device: Option<String>,
+    /// On CUDA, the share of GPU memory each chat model may take, weights and KV cache
+    /// together (vLLM's `gpu_memory_utilization`, default 0.9).
+    pub gpu_memory_utilization: Option<f32>,
 }
 
 /// A size in bytes, written as a number or as a string with a KiB/MiB/GiB unit.
@@ -192,6 +198,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub models_dir: Option<PathBuf>,
     pub threads: Option<usize>,
+    pub device: Option<String>,
     pub kubernetes: RawKubernetesConfig,
     pub litellm_config: Option<PathBuf>,
     pub master_key: Option<String>,
@@ -242,6 +249,8 @@ pub struct EngineConfig {
     pub max_batched_tokens: usize,
     pub shutdown_grace_secs: u64,
     pub kv_cache_bytes: usize,
+    pub device: engine::DeviceRequest,
+    pub gpu_memory_utilization: f32,
 }
 
 #[derive(Debug, Clone)]
@@ -327,6 +336,19 @@ impl Config {
                 Some(ByteSize(0)) => bail!("engine.kv_cache_bytes: must be more than 0"),
                 Some(ByteSize(bytes)) => bytes,
                 None => DEFAULT_KV_CACHE_BYTES,
+            },
+            device: match overrides.device.or(engine_raw.device) {
+                Some(text) => text
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("engine.device (--device): {e}"))?,
+                None => engine::DeviceRequest::Auto,
+            },
+            gpu_memory_utilization: match engine_raw.gpu_memory_utilization {
+                Some(share) if !(share > 0.0 && share <= 1.0) => {
+                    bail!("engine.gpu_memory_utilization: {share} is not in (0, 1]")
+                }
+                Some(share) => share,
+                None => 0.9,
             },
         };
         // An empty list is allowed: a node that only routes, traces or monitors GPUs.
@@ -494,5 +516,34 @@ mod tests {
                 .map_or(String::new(), |e| format!("{e:#}"))
         );
         assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn checks_the_device_and_the_gpu_memory_share() {
+        let resolve = |yaml: &str, device: Option<&str>| {
+            let raw: RawConfig = serde_yaml::from_str(yaml).unwrap_or_default();
+            let overrides = Overrides {
+                device: device.map(str::to_string),
+                ..Overrides::default()
+            };
+            Config::resolve(
+                RawConfig {
+                    models: Some(vec![]),
+                    ..raw
+                },
+                overrides,
+            )
+            .map_err(|e| format!("{e:#}"))
+        };
+        let config = resolve("engine:\n  device: cuda:1\n", None).unwrap();
+        assert_eq!(config.engine.device, engine::DeviceRequest::Cuda(1));
+        assert_eq!(config.engine.gpu_memory_utilization, 0.9);
+        // The flag wins over the file.
+        let config = resolve("engine:\n  device: cuda:1\n", Some("cpu")).unwrap();
+        assert_eq!(config.engine.device, engine::DeviceRequest::Cpu);
+        let err = resolve("engine:\n  device: metal\n", None).unwrap_err();
+        assert!(err.contains("engine.device"), "{err}");
+        let err = resolve("engine:\n  gpu_memory_utilization: 1.5\n", None).unwrap_err();
+        assert!(err.contains("gpu_memory_utilization"), "{err}");
     }
 }

@@ -86,6 +86,10 @@ struct ServeArgs {
     /// CPU threads for inference (0 = one per core)
     #[arg(long, env = "AGENTBOX_THREADS")]
     threads: Option<usize>,
+    /// Where chat models run: auto (a CUDA GPU if usable, else the CPU), cpu, cuda, cuda:N
+    /// [default: auto]
+    #[arg(long, env = "AGENTBOX_DEVICE")]
+    device: Option<String>,
     /// Kubernetes pod name (the chart sets it from the downward API)
     #[arg(long, env = "AGENTBOX_POD_NAME", hide = true)]
     pod_name: Option<String>,
@@ -136,6 +140,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         models_dir: args.models_dir,
         threads: args.threads,
+        device: args.device,
         kubernetes: config::RawKubernetesConfig {
             pod_name: args.pod_name,
             namespace: args.pod_namespace,
@@ -148,11 +153,36 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     // SAFETY: still single-threaded here; the async runtime starts below.
     unsafe { engine::set_cpu_threads(config.threads) }.context("configuring CPU threads")?;
+    let device = resolve_device(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, device))
+}
+
+/// Checks the configured device before anything starts: an explicit `cuda` without a usable
+/// GPU stops start-up here; `auto` says which device it chose and why.
+fn resolve_device(config: &Config) -> anyhow::Result<engine::ResolvedDevice> {
+    let requested = config.engine.device;
+    let resolved = requested
+        .resolve()
+        .with_context(|| format!("device {requested} (engine.device, --device, AGENTBOX_DEVICE) cannot be used; use --device cpu or auto"))?;
+    match (&resolved.gpu, &resolved.fallback_reason) {
+        (Some(gpu), _) => tracing::info!(
+            "device: {} ({}, {} MiB, compute capability {}.{})",
+            resolved.device,
+            gpu.name,
+            gpu.total_memory >> 20,
+            gpu.compute_capability.0,
+            gpu.compute_capability.1
+        ),
+        (None, Some(reason)) => {
+            tracing::info!("device: cpu (auto found no usable GPU: {reason})")
+        }
+        (None, None) => tracing::info!("device: cpu"),
+    }
+    Ok(resolved)
 }
 
 fn print_gpu_samples(args: &GpuArgs) -> anyhow::Result<()> {
@@ -168,7 +198,7 @@ fn print_gpu_samples(args: &GpuArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, device: engine::ResolvedDevice) -> anyhow::Result<()> {
     let store = store::Store::open(&config.data_dir, config.database_url.as_deref()).await?;
     tracing::info!("store: {}", store.describe());
     let gpu = tokio::task::spawn_blocking({
@@ -232,7 +262,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let config = config.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let started = Instant::now();
-            let registry = ModelRegistry::load(&config)?;
+            let registry = ModelRegistry::load(&config, &device)?;
             for model in registry
                 .listed
                 .iter()

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use engine::{ChatModel, ModelSource, SchedulerOptions, SentenceEmbedder};
+use engine::{
+    ChatModel, Device, DeviceRequest, ModelSource, Placement, ResolvedDevice, SchedulerOptions,
+    SentenceEmbedder,
+};
 
 use crate::config::{Config, ModelTask};
 use crate::error::AppError;
@@ -25,9 +28,47 @@ pub struct ModelRegistry {
     embed: HashMap<String, Arc<SentenceEmbedder>>,
 }
 
+/// Loads a chat model on the resolved device. A model the GPU backend cannot run (Qwen2's
+/// attention biases, for now) falls back to the CPU when the device was `auto`, and fails
+/// when `cuda` was asked for.
+fn load_chat(
+    config: &Config,
+    device: &ResolvedDevice,
+    source: &ModelSource,
+) -> anyhow::Result<ChatModel> {
+    let options = SchedulerOptions {
+        max_running: config.engine.max_running,
+        max_waiting: config.engine.max_waiting,
+        max_batched_tokens: config.engine.max_batched_tokens,
+        threads: config.threads,
+    };
+    let placement = Placement {
+        device: device.device,
+        kv_cache_bytes: config.engine.kv_cache_bytes,
+        gpu_memory_utilization: config.engine.gpu_memory_utilization,
+    };
+    match ChatModel::load(source, placement, options.clone()) {
+        Ok(chat) => Ok(chat),
+        Err(error)
+            if config.engine.device == DeviceRequest::Auto && placement.device != Device::Cpu =>
+        {
+            tracing::warn!(
+                "cannot run on {}: {error}; loading it on the CPU",
+                placement.device
+            );
+            let cpu = Placement {
+                device: Device::Cpu,
+                ..placement
+            };
+            Ok(ChatModel::load(source, cpu, options)?)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 impl ModelRegistry {
     /// Loads every configured model; blocking, so call it off the async runtime.
-    pub fn load(config: &Config) -> anyhow::Result<Self> {
+    pub fn load(config: &Config, device: &ResolvedDevice) -> anyhow::Result<Self> {
         let mut registry = ModelRegistry::default();
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -38,20 +79,14 @@ impl ModelRegistry {
                 ModelTask::Generate => {
                     let source = ModelSource::detect(&model.path)
                         .with_context(|| format!("model {}", model.name))?;
-                    let options = SchedulerOptions {
-                        max_running: config.engine.max_running,
-                        max_waiting: config.engine.max_waiting,
-                        max_batched_tokens: config.engine.max_batched_tokens,
-                        threads: config.threads,
-                        kv_cache_bytes: config.engine.kv_cache_bytes,
-                    };
-                    let chat = ChatModel::load(&source, options).with_context(|| {
+                    let chat = load_chat(config, device, &source).with_context(|| {
                         format!("loading model {} from {}", model.name, model.path.display())
                     })?;
                     let context_length = chat.context_length();
                     let kv = chat.kv_capacity();
                     tracing::info!(
                         model = %model.name,
+                        device = %chat.device(),
                         "KV cache: {} tokens in {} blocks ({} bytes per token, {} MiB)",
                         kv.tokens,
                         kv.blocks,

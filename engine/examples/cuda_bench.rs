@@ -137,7 +137,7 @@ fn serve(model: &mut CudaLlama, requests: &[Request]) -> AnyResult<(Vec<Active>,
                 blocks: &seqs[i].blocks,
             })
             .collect();
-        let logits = model.forward(&chunks)?;
+        let logits = model.forward_chunks(&chunks)?;
         let mut ids = model.gpu().stream.alloc_zeros::<u32>(active.len())?;
         model.gpu().kernels.argmax(&logits, &mut ids, vocab)?;
         let ids = model.gpu().stream.clone_dtoh(&ids)?;

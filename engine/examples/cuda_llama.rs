@@ -66,7 +66,7 @@ fn step(model: &mut CudaLlama, seqs: &mut [Sequence]) -> AnyResult<Vec<Vec<f32>>
             blocks: &s.blocks,
         })
         .collect();
-    let logits = model.forward(&chunks)?;
+    let logits = model.forward_chunks(&chunks)?;
     let host = model.gpu().stream.clone_dtoh(&logits)?;
     let vocab = model.config().vocab_size;
     let rows: Vec<Vec<f32>> = host.chunks(vocab).map(<[f32]>::to_vec).collect();

@@ -5,10 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::cpu::CpuRunner;
+use crate::backend::cuda::{CudaBackend, CudaLlama, KvBudget};
+use crate::backend::{Device, ModelRunner};
 use crate::error::{EngineError, Result};
 use crate::formats::chat_template::{ChatMessage, ChatTemplate};
 use crate::formats::gguf::GgufFile;
 use crate::formats::gguf_tokenizer::tokenizer_from_gguf;
+use crate::model::dense::DenseCheckpoint;
 use crate::model::llama::LlamaModel;
 use crate::scheduler::{
     GenerationRequest, GenerationStream, KvCapacity, Scheduler, SchedulerOptions, SchedulerStats,
@@ -44,26 +48,64 @@ impl ModelSource {
     }
 }
 
+/// Where a chat model runs and how large its KV cache is.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub device: Device,
+    /// The KV cache's size on the CPU.
+    pub kv_cache_bytes: usize,
+    /// On CUDA, the share of the GPU's memory the model may take in all, weights and KV
+    /// cache together (vLLM's `gpu_memory_utilization`).
+    pub gpu_memory_utilization: f32,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            kv_cache_bytes: 1 << 30,
+            gpu_memory_utilization: 0.9,
+        }
+    }
+}
+
 pub struct ChatModel {
     tokenizer: Arc<TextTokenizer>,
     template: ChatTemplate,
     scheduler: Scheduler,
     context_length: usize,
+    device: Device,
 }
 
 impl ChatModel {
-    pub fn load(source: &ModelSource, options: SchedulerOptions) -> Result<Self> {
-        let (model, tokenizer, template_source) = match source {
+    pub fn load(
+        source: &ModelSource,
+        placement: Placement,
+        options: SchedulerOptions,
+    ) -> Result<Self> {
+        let (runner, tokenizer, template_source) = match source {
             ModelSource::Gguf(path) => {
                 let gguf = GgufFile::open(path)?;
                 let tokenizer = tokenizer_from_gguf(&gguf)?;
                 let template = gguf.string("tokenizer.chat_template").map(str::to_string);
-                (LlamaModel::from_gguf(&gguf)?, tokenizer, template)
+                let runner = match placement.device {
+                    Device::Cpu => cpu_runner(LlamaModel::from_gguf(&gguf)?, placement)?,
+                    Device::Cuda(ordinal) => {
+                        cuda_runner(&DenseCheckpoint::gguf(&gguf)?, ordinal, placement)?
+                    }
+                };
+                (runner, tokenizer, template)
             }
             ModelSource::SafetensorsDir(dir) => {
                 let (special, template) = hf_tokenizer_config(dir)?;
                 let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"), special)?;
-                (LlamaModel::from_safetensors_dir(dir)?, tokenizer, template)
+                let runner = match placement.device {
+                    Device::Cpu => cpu_runner(LlamaModel::from_safetensors_dir(dir)?, placement)?,
+                    Device::Cuda(ordinal) => {
+                        cuda_runner(&DenseCheckpoint::safetensors(dir)?, ordinal, placement)?
+                    }
+                };
+                (runner, tokenizer, template)
             }
         };
         let special = tokenizer.special().clone();
@@ -72,15 +114,21 @@ impl ChatModel {
             special.bos_text.unwrap_or_default(),
             special.eos_text.unwrap_or_default(),
         )?;
-        let context_length = model.config().context_length;
+        let context_length = runner.config().context_length;
         let tokenizer = Arc::new(tokenizer);
-        let scheduler = Scheduler::start(Arc::new(model), tokenizer.clone(), options)?;
+        let scheduler = Scheduler::start(runner, tokenizer.clone(), options)?;
         Ok(Self {
             tokenizer,
             template,
             scheduler,
             context_length,
+            device: placement.device,
         })
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     pub fn context_length(&self) -> usize {
@@ -147,6 +195,20 @@ impl ChatModel {
     pub fn shutdown(&self, grace: Duration) {
         self.scheduler.shutdown(grace);
     }
+}
+
+fn cpu_runner(model: LlamaModel, placement: Placement) -> Result<Box<dyn ModelRunner>> {
+    Ok(Box::new(CpuRunner::new(model, placement.kv_cache_bytes)?))
+}
+
+fn cuda_runner(
+    checkpoint: &DenseCheckpoint<'_>,
+    ordinal: usize,
+    placement: Placement,
+) -> Result<Box<dyn ModelRunner>> {
+    let gpu = CudaBackend::open(ordinal)?;
+    let kv = KvBudget::GpuMemoryUtilization(placement.gpu_memory_utilization);
+    Ok(Box::new(CudaLlama::load(checkpoint, gpu, kv)?))
 }
 
 /// Special tokens and chat template from `tokenizer_config.json` (if present).

@@ -53,6 +53,8 @@ pub enum EngineError {
     QueueFull { limit: usize },
     #[error("forward pass failed: {0}")]
     ForwardFailed(String),
+    #[error("GPU: {0}")]
+    Gpu(String),
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -69,6 +71,7 @@ impl EngineError {
             | EngineError::BadModel { .. }
             | EngineError::Tensor(_)
             | EngineError::ForwardFailed(_)
+            | EngineError::Gpu(_)
             | EngineError::Tokenizer(_)
             | EngineError::ChatTemplate(_) => ErrorClass::Internal,
         }

@@ -14,7 +14,8 @@ pub mod tokenizer;
 
 mod chat_model;
 
-pub use chat_model::{ChatModel, ModelSource};
+pub use backend::{Device, DeviceRequest, ResolvedDevice};
+pub use chat_model::{ChatModel, ModelSource, Placement};
 pub use error::{EngineError, ErrorClass, Result};
 pub use formats::chat_template::ChatMessage;
 pub use model::bert::SentenceEmbedder;

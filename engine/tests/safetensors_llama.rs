@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use engine::formats::gguf::GgufFile;
 use engine::formats::gguf_tokenizer::tokenizer_from_gguf;
+use engine::model::dense::DenseCheckpoint;
 use engine::model::kv_cache::{BlockTable, blocks_for};
 use engine::model::llama::{LlamaModel, Segment, argmax};
 use engine::{
-    ChatMessage, ChatModel, GenerationEvent, GenerationRequest, ModelSource, SamplingParams,
-    SchedulerOptions,
+    ChatMessage, ChatModel, GenerationEvent, GenerationRequest, ModelSource, Placement,
+    SamplingParams, SchedulerOptions,
 };
 
 fn gguf_path() -> PathBuf {
@@ -117,7 +118,7 @@ fn next_token(model: &LlamaModel, prompt: &[u32]) -> u32 {
 #[test]
 fn safetensors_checkpoint_predicts_like_the_gguf_it_came_from() {
     let gguf = GgufFile::open(&gguf_path()).unwrap();
-    let dir = tempfile_dir();
+    let dir = tempfile_dir("chat");
     write_hf_checkpoint(&gguf, &dir);
 
     let quantized = LlamaModel::from_gguf(&gguf).unwrap();
@@ -140,6 +141,7 @@ fn safetensors_checkpoint_predicts_like_the_gguf_it_came_from() {
     // The whole directory also loads as a chat model and generates.
     let chat = ChatModel::load(
         &ModelSource::detect(&dir).unwrap(),
+        Placement::default(),
         SchedulerOptions::default(),
     )
     .unwrap();
@@ -177,8 +179,44 @@ fn safetensors_checkpoint_predicts_like_the_gguf_it_came_from() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn tempfile_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("agentbox-st-{}", std::process::id()));
+/// What the CUDA backend uploads from a GGUF (dequantized, Q/K un-permuted) equals the
+/// checkpoint above, whose tokens match the GGUF's.
+#[test]
+fn dense_weights_from_gguf_are_the_hugging_face_layout() {
+    let gguf = GgufFile::open(&gguf_path()).unwrap();
+    let dir = tempfile_dir("dense");
+    write_hf_checkpoint(&gguf, &dir);
+    let from_gguf = DenseCheckpoint::gguf(&gguf).unwrap();
+    let from_hf = DenseCheckpoint::safetensors(&dir).unwrap();
+    let layers = from_gguf.config().n_layers;
+    assert_eq!(layers, from_hf.config().n_layers);
+    for name in [
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".to_string(),
+        "model.layers.0.self_attn.q_proj.weight".to_string(),
+        "model.layers.0.self_attn.k_proj.weight".to_string(),
+        format!("model.layers.{}.self_attn.q_proj.weight", layers - 1),
+        format!("model.layers.{}.mlp.down_proj.weight", layers - 1),
+        "model.layers.3.post_attention_layernorm.weight".to_string(),
+    ] {
+        let (a, b) = (
+            from_gguf.tensor(&name).unwrap(),
+            from_hf.tensor(&name).unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{name}");
+        assert!(a == b, "{name} differs");
+    }
+    assert!(
+        !from_gguf.has("lm_head.weight"),
+        "SmolLM2 ties its embeddings"
+    );
+    assert!(!from_gguf.has("model.layers.0.self_attn.q_proj.bias"));
+    assert_eq!(from_gguf.inv_freq().unwrap(), from_hf.inv_freq().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("agentbox-st-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod dense;
 pub mod kv_cache;
 pub mod llama;
 pub(crate) mod weights;

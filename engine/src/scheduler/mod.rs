@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use crate::backend::ModelRunner;
 use crate::error::{EngineError, Result};
-use crate::model::kv_cache::{BLOCK_SIZE, KvPool, blocks_for};
-use crate::model::llama::{LlamaModel, Segment};
+use crate::model::kv_cache::{BLOCK_SIZE, blocks_for};
+use crate::model::llama::Segment;
 use crate::sampling::{SamplingParams, TokenLogprob};
 use crate::tokenizer::TextTokenizer;
 use blocks::BlockAllocator;
@@ -33,8 +34,6 @@ pub struct SchedulerOptions {
     pub max_batched_tokens: usize,
     /// Threads of this model's compute pool (the engine loop runs on one of them).
     pub threads: usize,
-    /// Memory for the paged KV cache.
-    pub kv_cache_bytes: usize,
 }
 
 impl Default for SchedulerOptions {
@@ -44,7 +43,6 @@ impl Default for SchedulerOptions {
             max_waiting: 256,
             max_batched_tokens: 128,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            kv_cache_bytes: 1 << 30,
         }
     }
 }
@@ -161,32 +159,22 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// Starts the engine loop over `runner`, whose KV cache it hands out block by block.
     pub fn start(
-        model: Arc<LlamaModel>,
+        runner: Box<dyn ModelRunner>,
         tokenizer: Arc<TextTokenizer>,
         options: SchedulerOptions,
     ) -> Result<Self> {
         let (commands, inbox) = std_mpsc::channel();
         let counters = Arc::new(Counters::default());
-        let n_blocks = KvPool::blocks_in(model.config(), options.kv_cache_bytes);
-        if n_blocks == 0 {
-            return Err(EngineError::InvalidParameter {
-                param: "kv_cache_bytes",
-                message: format!(
-                    "{} bytes hold no block of {BLOCK_SIZE} tokens ({} bytes each)",
-                    options.kv_cache_bytes,
-                    model.config().kv_bytes_per_token() * BLOCK_SIZE
-                ),
-            });
-        }
-        let kv_pool = model.new_kv_pool(n_blocks);
+        let n_blocks = runner.kv_blocks();
         let capacity = KvCapacity {
             blocks: n_blocks,
             tokens: n_blocks * BLOCK_SIZE,
-            bytes_per_token: model.config().kv_bytes_per_token(),
+            bytes_per_token: runner.kv_bytes_per_token(),
         };
         let worker = Worker {
-            model,
+            runner,
             tokenizer,
             options: options.clone(),
             counters: counters.clone(),
@@ -194,7 +182,6 @@ impl Scheduler {
             running: Vec::new(),
             shutdown_deadline: None,
             blocks: BlockAllocator::new(n_blocks),
-            kv_pool,
         };
         let (stopped_tx, stopped) = std_mpsc::channel::<()>();
         // The loop runs on a worker of the model's own compute pool, so the thread that
@@ -278,7 +265,7 @@ impl Scheduler {
 }
 
 struct Worker {
-    model: Arc<LlamaModel>,
+    runner: Box<dyn ModelRunner>,
     tokenizer: Arc<TextTokenizer>,
     options: SchedulerOptions,
     counters: Arc<Counters>,
@@ -287,7 +274,6 @@ struct Worker {
     #[allow(clippy::vec_box)]
     running: Vec<Box<Sequence>>,
     shutdown_deadline: Option<Instant>,
-    kv_pool: KvPool,
     blocks: BlockAllocator,
 }
 
@@ -346,7 +332,7 @@ impl Worker {
         }
 
         let now = Instant::now();
-        let kv_pool = &mut self.kv_pool;
+        let runner = &mut self.runner;
         let result = {
             let mut segments: Vec<Segment<'_>> = Vec::with_capacity(plans.len());
             let mut plan_iter = plans.iter().peekable();
@@ -359,9 +345,9 @@ impl Worker {
                     segments.push(seq.segment(count));
                 }
             }
-            self.model.forward(kv_pool, &mut segments)
+            runner.forward(&mut segments)
         };
-        let logits = match result.and_then(|l| Ok(l.to_vec2::<f32>()?)) {
+        let logits = match result {
             Ok(logits) => logits,
             Err(error) => {
                 tracing::error!(error = %error, "forward pass failed; failing the batch");

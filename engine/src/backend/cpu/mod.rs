@@ -1,3 +1,7 @@
-//! CPU kernels with runtime SIMD dispatch (AVX2+FMA, with a portable fallback).
+//! The CPU backend: `LlamaModel` (candle plus our kernels) over the f32 paged KV cache, and
+//! our CPU kernels with runtime SIMD dispatch (AVX2+FMA, with a portable fallback).
 
 pub mod qmatmul;
+mod runner;
+
+pub use runner::CpuRunner;

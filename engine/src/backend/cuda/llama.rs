@@ -1,21 +1,19 @@
-//! The Llama forward pass on the CUDA backend: bf16 weights from a Hugging Face checkpoint
-//! uploaded as they are (gate and up fused into one matrix), a paged bf16 KV cache in the
+//! The Llama forward pass on the CUDA backend: bf16 weights from a `DenseCheckpoint`
+//! (safetensors as they are, GGUF dequantized; gate and up fused into one matrix), a paged bf16 KV cache in the
 //! CPU path's `[block][kv_head][slot][head_dim]` layout, and one step over any mix of
 //! prompt chunks and decode tokens. Each step returns the logits of each chunk's last
 //! token.
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
 use super::batch::{BatchLayout, Chunk};
 use super::ops::{AttentionShape, BLOCK_SIZE};
 use super::{CudaBackend, CudaError};
-use crate::EngineError;
 use crate::model::config::LlamaConfig;
-use crate::model::weights::map_safetensors_dir;
+use crate::model::dense::DenseCheckpoint;
 
 /// How much GPU memory the KV cache gets.
 #[derive(Debug, Clone, Copy)]
@@ -58,31 +56,32 @@ pub struct CudaLlama {
 impl CudaLlama {
     /// Loads a Hugging Face Llama checkpoint (`config.json`, `*.safetensors`) onto the GPU.
     pub fn load_safetensors(dir: &Path, gpu: CudaBackend, kv: KvBudget) -> Result<Self, CudaError> {
-        let config = LlamaConfig::from_hf_config(&dir.join("config.json"))?;
-        let st = map_safetensors_dir(dir)?;
-        let mut weight_bytes = 0;
-        let mut host = |name: &str| -> Result<Vec<bf16>, CudaError> {
-            let values = st
-                .load(name, &Device::Cpu)
-                .and_then(|t| t.to_dtype(DType::BF16)?.flatten_all()?.to_vec1::<bf16>())
-                .map_err(|e| EngineError::bad_model(dir, format!("tensor {name}: {e}")))?;
-            weight_bytes += values.len() * 2;
-            Ok(values)
-        };
+        Self::load(&DenseCheckpoint::safetensors(dir)?, gpu, kv)
+    }
+
+    /// Uploads a checkpoint's weights as bf16 (GGUF ones dequantized) and allocates the KV
+    /// cache.
+    pub fn load(
+        checkpoint: &DenseCheckpoint<'_>,
+        gpu: CudaBackend,
+        kv: KvBudget,
+    ) -> Result<Self, CudaError> {
+        let config = checkpoint.config().clone();
         for i in 0..config.n_layers {
             for proj in ["q_proj", "k_proj", "v_proj"] {
-                if st
-                    .get(&format!("model.layers.{i}.self_attn.{proj}.bias"))
-                    .is_ok()
-                {
-                    return Err(EngineError::bad_model(
-                        dir,
-                        "attention biases (Qwen2) are not supported on CUDA yet",
-                    )
-                    .into());
+                if checkpoint.has(&format!("model.layers.{i}.self_attn.{proj}.bias")) {
+                    return Err(CudaError::Unsupported(
+                        "attention biases (Qwen2) are not supported on CUDA yet".into(),
+                    ));
                 }
             }
         }
+        let mut weight_bytes = 0;
+        let mut host = |name: &str| -> Result<Vec<bf16>, CudaError> {
+            let values = checkpoint.tensor(name)?;
+            weight_bytes += values.len() * 2;
+            Ok(values)
+        };
         let stream = gpu.stream.clone();
         let up = |values: Vec<bf16>| stream.clone_htod(&values);
         let embed = up(host("model.embed_tokens.weight")?)?;
@@ -103,12 +102,12 @@ impl CudaLlama {
             });
         }
         let norm = up(host("model.norm.weight")?)?;
-        let lm_head = if st.get("lm_head.weight").is_ok() {
+        let lm_head = if checkpoint.has("lm_head.weight") {
             Some(up(host("lm_head.weight")?)?)
         } else {
             None
         };
-        let inv_freq = stream.clone_htod(&config.inv_freq())?;
+        let inv_freq = stream.clone_htod(&checkpoint.inv_freq()?)?;
         let block_bytes = 2 * config.n_kv_heads * BLOCK_SIZE * config.head_dim * 2;
         let n_blocks = match kv {
             KvBudget::Blocks(n) => n,
@@ -175,7 +174,9 @@ impl CudaLlama {
 
     /// Runs one step and returns `[chunks, vocab]` f32 logits of each chunk's last token,
     /// left on the GPU.
-    pub fn forward(&mut self, chunks: &[Chunk<'_>]) -> Result<CudaSlice<f32>, CudaError> {
+    pub fn forward_chunks(&mut self, chunks: &[Chunk<'_>]) -> Result<CudaSlice<f32>, CudaError> {
+        // The engine loop runs on another thread than the one that loaded the model.
+        self.gpu.stream.context().bind_to_thread()?;
         let layout = BatchLayout::build(chunks, self.n_blocks)?;
         let c = &self.config;
         let (t, h, ffn) = (layout.ids.len(), c.hidden_size, c.ffn_size);

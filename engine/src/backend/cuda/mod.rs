@@ -3,15 +3,17 @@
 //! `dynamic-loading`), so the engine builds and runs on machines without CUDA; `probe`
 //! says why a GPU cannot be used instead of failing later.
 //!
-//! Status: the kernels, GEMMs and a Llama forward pass (`llama.rs`) are here and checked
-//! on an H100 (`engine/tests/cuda_kernels.rs`, `scripts/gpu_llama_check.py`); the server
-//! does not serve from them yet.
+//! The kernels, GEMMs and the Llama forward pass (`llama.rs`) were checked on an H100
+//! (`engine/tests/cuda_kernels.rs`, `scripts/gpu_llama_check.py`); `runner.rs` makes the
+//! forward pass the scheduler's `ModelRunner`, so the server serves from it with
+//! `--device cuda`.
 
 mod batch;
 mod gemm;
 pub mod kernels;
 mod llama;
 mod ops;
+mod runner;
 
 use std::sync::Arc;
 
@@ -28,6 +30,8 @@ pub use ops::{AttentionShape, BLOCK_SIZE, Kernels};
 pub enum CudaError {
     #[error("no usable CUDA GPU: {0}")]
     Unavailable(String),
+    #[error("this model cannot run on CUDA: {0}")]
+    Unsupported(String),
     #[error("compiling the CUDA kernels for {arch} failed:\n{log}")]
     Compile { arch: String, log: String },
     #[error("CUDA driver: {0}")]
@@ -38,6 +42,15 @@ pub enum CudaError {
     BadShape(String),
     #[error(transparent)]
     Model(#[from] crate::EngineError),
+}
+
+impl From<CudaError> for crate::EngineError {
+    fn from(error: CudaError) -> Self {
+        match error {
+            CudaError::Model(inner) => inner,
+            other => crate::EngineError::Gpu(other.to_string()),
+        }
+    }
 }
 
 /// What `probe` found: a GPU the backend can open.
