@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the GPU checks on a machine with an NVIDIA GPU, from binaries built elsewhere by
 # scripts/build-gpu-bundle.sh: the CUDA kernel tests, the Llama forward pass against
-# transformers (1B-class shape; SHAPES="1b 8b" adds Llama-3-8B's), then the GPU monitor
-# against nvidia-smi. Usage: bash scripts/gpu_tests.sh BIN_DIR OUT_DIR
+# transformers (1B-class shape; SHAPES="1b 8b" adds Llama-3-8B's), the whole server with
+# --device cuda against transformers, then the GPU monitor against nvidia-smi. Usage: bash scripts/gpu_tests.sh BIN_DIR OUT_DIR
 set -uo pipefail
 bin=$(realpath "$1"); out=$(realpath -m "$2"); mkdir -p "$out"
 cd "$(dirname "$0")/.."
@@ -16,6 +16,8 @@ for shape in ${SHAPES:-1b}; do
   echo "== Llama $shape vs transformers"
   python3 scripts/gpu_llama_check.py --bin "$bin/cuda_llama" --out "$out" --shape "$shape" || status=1
 done
+echo "== agentbox serve --device cuda vs transformers"
+python3 scripts/gpu_serve_check.py --bin "$bin/agentbox" --out "$out" --shape 1b || status=1
 echo "== GPU monitor vs nvidia-smi"
 python3 scripts/gpu_monitor_check.py --bin "$bin/agentbox" --out "$out" || status=1
 exit $status

@@ -5,7 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use engine::backend::cuda::{AttentionShape, CudaBackend, CudaError, CudaSlice};
+use engine::backend::cuda::{AttentionShape, CudaBackend, CudaError, CudaSlice, sampling};
+use engine::sampling::DeviceSampling;
 use half::bf16;
 
 fn backend() -> Option<CudaBackend> {
@@ -401,4 +402,160 @@ fn wrong_shapes_are_errors_not_launches() {
     let mut y = gpu.stream.alloc_zeros::<bf16>(10).unwrap();
     let error = gpu.gemm.matmul_bf16(&x, &w, &mut y, 10, 1, 11).unwrap_err();
     assert!(matches!(error, CudaError::BadShape(_)), "{error}");
+}
+
+/// The tokens the CPU sampler may draw from (`sampling/mod.rs`): temperature, top-k, min-p
+/// relative to the top token, then top-p over the probabilities normalised within the top-k.
+fn kept_by_the_cpu_sampler(logits: &[f32], p: &DeviceSampling) -> Vec<u32> {
+    let mut candidates: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_finite())
+        .map(|(i, &l)| (i as u32, l / p.temperature))
+        .collect();
+    candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if p.top_k > 0 {
+        candidates.truncate(p.top_k);
+    }
+    let max = candidates[0].1;
+    let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
+    let total: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|q| *q /= total);
+    if p.min_p > 0.0 {
+        let floor = probs[0] * p.min_p;
+        probs.truncate(probs.iter().take_while(|&&q| q >= floor).count().max(1));
+    }
+    if p.top_p < 1.0 {
+        let mut cumulative = 0.0;
+        for (i, q) in probs.iter().enumerate() {
+            cumulative += q;
+            if cumulative >= p.top_p {
+                probs.truncate(i + 1);
+                break;
+            }
+        }
+    }
+    candidates[..probs.len()].iter().map(|c| c.0).collect()
+}
+
+fn sample_on_gpu(
+    gpu: &CudaBackend,
+    logits: &[f32],
+    rows: &[DeviceSampling],
+    vocab: usize,
+) -> Vec<u32> {
+    let params = up(gpu, &sampling::pack(rows));
+    let mut out = gpu.stream.alloc_zeros::<u32>(rows.len()).unwrap();
+    gpu.kernels
+        .sample(&up(gpu, logits), &params, &mut out, vocab)
+        .unwrap();
+    down(gpu, &out)
+}
+
+#[test]
+fn gpu_sampling_keeps_to_the_cpu_samplers_filters() {
+    let Some(gpu) = backend() else { return };
+    let vocab = 128_256;
+    // Logits spread like a model's, in full f32 precision so that no two tie at a filter's
+    // boundary (where the GPU keeps every tied token and the CPU the lower ids).
+    let row: Vec<f32> = random(vocab, 31)
+        .iter()
+        .zip(random(vocab, 32))
+        .map(|(a, b)| f(*a) * 8.0 + f(b) * 0.03)
+        .collect();
+    let base = DeviceSampling {
+        temperature: 0.8,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        seed: 7,
+        step: 0,
+    };
+    let settings = [
+        DeviceSampling { top_k: 40, ..base },
+        DeviceSampling { top_p: 0.9, ..base },
+        DeviceSampling { min_p: 0.1, ..base },
+        DeviceSampling {
+            top_k: 50,
+            top_p: 0.8,
+            min_p: 0.05,
+            temperature: 1.3,
+            ..base
+        },
+        DeviceSampling { top_k: 1, ..base },
+    ];
+    for setting in settings {
+        let kept = kept_by_the_cpu_sampler(&row, &setting);
+        // 256 draws: the same logits with seeds 0..256.
+        let rows: Vec<DeviceSampling> = (0..256)
+            .map(|seed| DeviceSampling { seed, ..setting })
+            .collect();
+        let logits: Vec<f32> = rows.iter().flat_map(|_| row.iter().copied()).collect();
+        let tokens = sample_on_gpu(&gpu, &logits, &rows, vocab);
+        for token in &tokens {
+            assert!(
+                kept.contains(token),
+                "{setting:?}: token {token} is outside {kept:?}"
+            );
+        }
+        if kept.len() > 1 {
+            let distinct: std::collections::HashSet<_> = tokens.iter().collect();
+            assert!(
+                distinct.len() > 1,
+                "{setting:?}: every seed drew the same token"
+            );
+        }
+        // The same seed and step draw the same token again.
+        assert_eq!(
+            tokens,
+            sample_on_gpu(&gpu, &logits, &rows, vocab),
+            "{setting:?}"
+        );
+    }
+    // Greedy is the argmax.
+    let greedy = DeviceSampling {
+        temperature: 0.0,
+        ..base
+    };
+    assert_eq!(
+        sample_on_gpu(&gpu, &row, &[greedy], vocab),
+        vec![kept_by_the_cpu_sampler(&row, &DeviceSampling { top_k: 1, ..base })[0]]
+    );
+}
+
+#[test]
+fn gpu_sampling_draws_in_proportion_to_the_probabilities() {
+    let Some(gpu) = backend() else { return };
+    let vocab = 1000;
+    let probs = [0.5f32, 0.25, 0.15, 0.10];
+    let mut row = vec![f32::NEG_INFINITY; vocab];
+    for (i, p) in probs.iter().enumerate() {
+        row[100 * i + 7] = p.ln();
+    }
+    let draws = 8192;
+    let rows: Vec<DeviceSampling> = (0..draws)
+        .map(|seed| DeviceSampling {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 1000 + seed as u64,
+            step: 3,
+        })
+        .collect();
+    let logits: Vec<f32> = rows.iter().flat_map(|_| row.iter().copied()).collect();
+    let tokens = sample_on_gpu(&gpu, &logits, &rows, vocab);
+    for (i, p) in probs.iter().enumerate() {
+        let share = tokens
+            .iter()
+            .filter(|&&t| t as usize == 100 * i + 7)
+            .count() as f32
+            / draws as f32;
+        assert!(
+            (share - p).abs() < 0.03,
+            "token {}: drawn {share}, probability {p}",
+            100 * i + 7
+        );
+    }
+    assert!(tokens.iter().all(|&t| row[t as usize].is_finite()));
 }

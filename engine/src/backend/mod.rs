@@ -18,6 +18,27 @@ pub use device::{Device, DeviceRequest, ResolvedDevice};
 use crate::error::Result;
 use crate::model::config::LlamaConfig;
 use crate::model::llama::Segment;
+use crate::sampling::DeviceSampling;
+
+/// What the scheduler wants from a segment's last token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Want {
+    /// Nothing: a prompt chunk that is not the prompt's last.
+    Nothing,
+    /// The logits, for the host's sampler (penalties, log-probabilities, or a runner that
+    /// does not sample).
+    Logits,
+    /// A token sampled on the device; only runners that `samples_on_device` are asked.
+    Token(DeviceSampling),
+}
+
+/// A segment's result, as wanted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Nothing,
+    Logits(Vec<f32>),
+    Token(u32),
+}
 
 /// A model's forward pass on one device, together with that device's KV cache.
 pub trait ModelRunner: Send {
@@ -29,7 +50,12 @@ pub trait ModelRunner: Send {
     /// Bytes of KV cache one token takes on this device.
     fn kv_bytes_per_token(&self) -> usize;
 
-    /// Runs one step over the segments and returns the logits of each segment's last
-    /// token, in segment order. Every segment's cache grows by its token count.
-    fn forward(&mut self, segments: &mut [Segment<'_>]) -> Result<Vec<Vec<f32>>>;
+    /// Whether `forward` can answer `Want::Token`.
+    fn samples_on_device(&self) -> bool {
+        false
+    }
+
+    /// Runs one step over the segments and returns, in segment order, what `wants` asks
+    /// of each one's last token. Every segment's cache grows by its token count.
+    fn forward(&mut self, segments: &mut [Segment<'_>], wants: &[Want]) -> Result<Vec<Output>>;
 }

@@ -96,6 +96,40 @@ impl SamplingParams {
     }
 }
 
+/// A sampling step a device can run on its own, so that only the token id comes back: the
+/// filters without penalties or log-probabilities (those need the host's view of the
+/// logits), and a seed that, with `step`, keys the draw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeviceSampling {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means no limit.
+    pub top_k: usize,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub seed: u64,
+    /// Tokens the sequence sampled before this one.
+    pub step: u32,
+}
+
+impl SamplingParams {
+    /// These parameters in their on-device form, unless they need the host.
+    pub fn on_device(&self, seed: u64, step: u32) -> Option<DeviceSampling> {
+        let host_only = self.logprobs.is_some()
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || self.repetition_penalty != 1.0;
+        (!host_only).then_some(DeviceSampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed,
+            step,
+        })
+    }
+}
+
 /// Per-sequence sampler state: the RNG and token counts for the penalties.
 pub struct Sampler {
     params: SamplingParams,
@@ -120,6 +154,12 @@ impl Sampler {
         }
     }
 
+    /// Records a token sampled elsewhere (on the device), as `sample` records its own.
+    pub fn record(&mut self, token: u32) {
+        *self.generated_counts.entry(token).or_insert(0) += 1;
+        self.seen.insert(token);
+    }
+
     /// Picks the next token from `logits` (modified in place) and records it.
     pub fn sample(&mut self, logits: &mut [f32]) -> Sampled {
         let log_probs = self.params.logprobs.map(|top| (top, log_softmax(logits)));
@@ -129,8 +169,7 @@ impl Sampler {
         } else {
             self.sample_random(logits)
         };
-        *self.generated_counts.entry(token).or_insert(0) += 1;
-        self.seen.insert(token);
+        self.record(token);
         let logprob = log_probs.map(|(top, log_probs)| TokenLogprob {
             token,
             logprob: log_probs

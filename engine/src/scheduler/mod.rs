@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::backend::ModelRunner;
+use crate::backend::{ModelRunner, Output, Want};
 use crate::error::{EngineError, Result};
 use crate::model::kv_cache::{BLOCK_SIZE, blocks_for};
 use crate::model::llama::Segment;
@@ -331,6 +331,20 @@ impl Worker {
             return;
         }
 
+        let device_sampling = self.runner.samples_on_device();
+        let wants: Vec<Want> = plans
+            .iter()
+            .map(|&(i, count)| {
+                let seq = &self.running[i];
+                if seq.prefill_remaining() != count {
+                    Want::Nothing
+                } else if let Some(on_device) = seq.device_sampling().filter(|_| device_sampling) {
+                    Want::Token(on_device)
+                } else {
+                    Want::Logits
+                }
+            })
+            .collect();
         let now = Instant::now();
         let runner = &mut self.runner;
         let result = {
@@ -345,10 +359,10 @@ impl Worker {
                     segments.push(seq.segment(count));
                 }
             }
-            runner.forward(&mut segments)
+            runner.forward(&mut segments, &wants)
         };
-        let logits = match result {
-            Ok(logits) => logits,
+        let outputs = match result {
+            Ok(outputs) => outputs,
             Err(error) => {
                 tracing::error!(error = %error, "forward pass failed; failing the batch");
                 let message = error.to_string();
@@ -367,11 +381,14 @@ impl Worker {
             self.register_computed_prefix(i);
         }
         let mut finished = Vec::new();
-        for ((i, _), mut row) in plans.iter().zip(logits) {
+        for ((i, _), output) in plans.iter().zip(outputs) {
             let seq = &mut self.running[*i];
-            if seq.has_fresh_logits()
-                && let StepOutcome::Finished = seq.accept_logits(&mut row, &self.tokenizer)
-            {
+            let outcome = match output {
+                Output::Nothing => continue,
+                Output::Logits(mut row) => seq.accept_logits(&mut row, &self.tokenizer),
+                Output::Token(token) => seq.accept_token(token, &self.tokenizer),
+            };
+            if let StepOutcome::Finished = outcome {
                 finished.push(*i);
             }
         }

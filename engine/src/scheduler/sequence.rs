@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use crate::error::EngineError;
 use crate::model::kv_cache::{BLOCK_SIZE, BlockTable, blocks_for};
 use crate::model::llama::Segment;
-use crate::sampling::{Sampler, StopMatcher, StopOutcome, TokenLogprob};
+use crate::sampling::{DeviceSampling, Sampled, Sampler, StopMatcher, StopOutcome, TokenLogprob};
 use crate::scheduler::blocks::{BlockHash, chain_hash};
 use crate::scheduler::{
     Completion, FinishReason, GenerationEvent, GenerationRequest, GenerationTimings,
@@ -33,6 +33,8 @@ pub(super) struct Sequence {
     tokens: Vec<u32>,
     generated: usize,
     sampler: Sampler,
+    /// Keys the draws of sampling on the device: the request's seed, or a random one.
+    device_seed: u64,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     /// Log-probabilities not yet sent (their text may be held back by the stop matcher).
@@ -51,6 +53,7 @@ impl Sequence {
         let sampler = Sampler::new(request.sampling.clone(), &request.prompt);
         let stop = StopMatcher::new(request.stop.clone());
         Self {
+            device_seed: request.sampling.seed.unwrap_or_else(rand::random),
             tokens: request.prompt.clone(),
             request,
             events,
@@ -159,12 +162,6 @@ impl Sequence {
         self.cached() + 1 >= self.tokens.len() && self.cached() >= self.request.prompt.len()
     }
 
-    /// True right after a forward pass that fed the last known token: its logits choose
-    /// the next one. (Replayed tokens after a preemption are already known.)
-    pub(super) fn has_fresh_logits(&self) -> bool {
-        self.cached() == self.tokens.len()
-    }
-
     pub(super) fn prefill_remaining(&self) -> usize {
         self.tokens.len() - self.cached()
     }
@@ -196,6 +193,12 @@ impl Sequence {
         }
     }
 
+    /// The next token's sampling in its on-device form, unless it needs the host.
+    pub(super) fn device_sampling(&self) -> Option<DeviceSampling> {
+        let step = u32::try_from(self.generated).unwrap_or(u32::MAX);
+        self.request.sampling.on_device(self.device_seed, step)
+    }
+
     /// Samples from the logits of the last fed token and streams the result.
     pub(super) fn accept_logits(
         &mut self,
@@ -203,6 +206,20 @@ impl Sequence {
         tokenizer: &TextTokenizer,
     ) -> StepOutcome {
         let sampled = self.sampler.sample(logits);
+        self.accept(sampled, tokenizer)
+    }
+
+    /// Takes a token sampled on the device and streams the result.
+    pub(super) fn accept_token(&mut self, token: u32, tokenizer: &TextTokenizer) -> StepOutcome {
+        self.sampler.record(token);
+        let sampled = Sampled {
+            token,
+            logprob: None,
+        };
+        self.accept(sampled, tokenizer)
+    }
+
+    fn accept(&mut self, sampled: Sampled, tokenizer: &TextTokenizer) -> StepOutcome {
         let token = sampled.token;
         self.generated += 1;
         let now = Instant::now();

@@ -1,7 +1,7 @@
 //! `CpuRunner`: the Llama forward pass on the CPU with its f32 paged KV pool, sized in
 //! bytes.
 
-use crate::backend::ModelRunner;
+use crate::backend::{ModelRunner, Output, Want};
 use crate::error::{EngineError, Result};
 use crate::model::config::LlamaConfig;
 use crate::model::kv_cache::{BLOCK_SIZE, KvPool};
@@ -43,10 +43,18 @@ impl ModelRunner for CpuRunner {
         self.model.config().kv_bytes_per_token()
     }
 
-    fn forward(&mut self, segments: &mut [Segment<'_>]) -> Result<Vec<Vec<f32>>> {
-        Ok(self
-            .model
-            .forward(&mut self.pool, segments)?
-            .to_vec2::<f32>()?)
+    fn forward(&mut self, segments: &mut [Segment<'_>], wants: &[Want]) -> Result<Vec<Output>> {
+        let logits = self.model.forward(&mut self.pool, segments)?;
+        wants
+            .iter()
+            .enumerate()
+            .map(|(row, want)| match want {
+                Want::Nothing => Ok(Output::Nothing),
+                Want::Logits => Ok(Output::Logits(logits.get(row)?.to_vec1::<f32>()?)),
+                Want::Token(_) => Err(EngineError::ForwardFailed(
+                    "the CPU runner leaves sampling to the host".into(),
+                )),
+            })
+            .collect()
     }
 }

@@ -19,6 +19,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "kv_cache_write",
     "paged_attention",
     "argmax_f32",
+    "sample_rows",
 ];
 
 /// Whether the NVRTC library can be loaded (it is looked up by name on the library path).

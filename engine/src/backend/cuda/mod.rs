@@ -14,6 +14,7 @@ pub mod kernels;
 mod llama;
 mod ops;
 mod runner;
+pub mod sampling;
 
 use std::sync::Arc;
 

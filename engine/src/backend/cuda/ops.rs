@@ -28,6 +28,7 @@ pub struct Kernels {
     kv_cache_write: CudaFunction,
     paged_attention: CudaFunction,
     argmax_f32: CudaFunction,
+    sample_rows: CudaFunction,
 }
 
 /// Attention heads and the block-table width of a decode batch.
@@ -78,6 +79,7 @@ impl Kernels {
             kv_cache_write: f("kv_cache_write")?,
             paged_attention: f("paged_attention")?,
             argmax_f32: f("argmax_f32")?,
+            sample_rows: f("sample_rows")?,
         })
     }
 
@@ -440,6 +442,38 @@ impl Kernels {
         };
         let mut launch = self.stream.launch_builder(&self.argmax_f32);
         launch.arg(logits).arg(out).arg(&vocab_arg);
+        // SAFETY: the argument list matches the kernel; sizes are checked above.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// `out[r]` = a token sampled from `logits[r, :]` with row `r`'s parameters, packed by
+    /// `sampling::pack`.
+    pub fn sample(
+        &self,
+        logits: &CudaSlice<f32>,
+        params: &CudaSlice<u32>,
+        out: &mut CudaSlice<u32>,
+        vocab: usize,
+    ) -> Result<(), CudaError> {
+        check(vocab > 0 && logits.len() == out.len() * vocab, || {
+            format!("logits {} for {} rows of {vocab}", logits.len(), out.len())
+        })?;
+        check(
+            params.len() == out.len() * super::sampling::WORDS_PER_ROW,
+            || format!("{} parameter words for {} rows", params.len(), out.len()),
+        )?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let vocab_arg = int(vocab, "vocab")?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid(out.len(), "rows")?, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.sample_rows);
+        launch.arg(logits).arg(params).arg(out).arg(&vocab_arg);
         // SAFETY: the argument list matches the kernel; sizes are checked above.
         unsafe { launch.launch(cfg) }?;
         Ok(())

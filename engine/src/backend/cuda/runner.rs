@@ -1,14 +1,17 @@
 //! `CudaLlama` as the scheduler's `ModelRunner`: the scheduler's segments become the
-//! kernels' chunks over the same block tables, and each step's logits come back to the
-//! host for the sampler.
+//! kernels' chunks over the same block tables. Tokens are sampled on the GPU, so only their
+//! ids cross PCIe; rows that need the host's sampler (penalties, log-probabilities) bring
+//! their logits back.
 
-use crate::backend::ModelRunner;
+use crate::backend::{ModelRunner, Output, Want};
 use crate::error::{EngineError, Result};
 use crate::model::config::LlamaConfig;
 use crate::model::llama::Segment;
 
+use super::CudaError;
 use super::batch::Chunk;
 use super::llama::CudaLlama;
+use super::sampling;
 
 impl ModelRunner for CudaLlama {
     fn config(&self) -> &LlamaConfig {
@@ -24,7 +27,11 @@ impl ModelRunner for CudaLlama {
         2 * c.n_layers * c.n_kv_heads * c.head_dim * std::mem::size_of::<half::bf16>()
     }
 
-    fn forward(&mut self, segments: &mut [Segment<'_>]) -> Result<Vec<Vec<f32>>> {
+    fn samples_on_device(&self) -> bool {
+        true
+    }
+
+    fn forward(&mut self, segments: &mut [Segment<'_>], wants: &[Want]) -> Result<Vec<Output>> {
         let context_length = CudaLlama::config(self).context_length;
         let vocab = CudaLlama::config(self).vocab_size;
         let mut chunks = Vec::with_capacity(segments.len());
@@ -44,14 +51,43 @@ impl ModelRunner for CudaLlama {
             });
         }
         let logits = self.forward_chunks(&chunks)?;
-        let host = self
-            .gpu()
-            .stream
-            .clone_dtoh(&logits)
-            .map_err(super::CudaError::from)?;
+        let stream = self.gpu().stream.clone();
+        let tokens = if wants.iter().any(|w| matches!(w, Want::Token(_))) {
+            let rows: Vec<_> = wants
+                .iter()
+                .map(|w| match w {
+                    Want::Token(params) => *params,
+                    Want::Nothing | Want::Logits => sampling::GREEDY,
+                })
+                .collect();
+            let params = stream
+                .clone_htod(&sampling::pack(&rows))
+                .map_err(CudaError::from)?;
+            let mut out = stream
+                .alloc_zeros::<u32>(rows.len())
+                .map_err(CudaError::from)?;
+            self.gpu()
+                .kernels
+                .sample(&logits, &params, &mut out, vocab)?;
+            stream.clone_dtoh(&out).map_err(CudaError::from)?
+        } else {
+            Vec::new()
+        };
+        let mut outputs = Vec::with_capacity(wants.len());
+        for (row, want) in wants.iter().enumerate() {
+            outputs.push(match want {
+                Want::Nothing => Output::Nothing,
+                Want::Token(_) => Output::Token(tokens[row]),
+                Want::Logits => Output::Logits(
+                    stream
+                        .clone_dtoh(&logits.slice(row * vocab..(row + 1) * vocab))
+                        .map_err(CudaError::from)?,
+                ),
+            });
+        }
         for seg in segments.iter_mut() {
             seg.cache.advance(seg.tokens.len());
         }
-        Ok(host.chunks(vocab).map(<[f32]>::to_vec).collect())
+        Ok(outputs)
     }
 }

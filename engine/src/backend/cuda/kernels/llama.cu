@@ -235,19 +235,12 @@ extern "C" __global__ void paged_attention(
     }
 }
 
-// Greedy sampling: out[r] = argmax(logits[r, :]), the lowest index on ties. Grid: one block
-// per row; block: 1024 threads.
-extern "C" __global__ void argmax_f32(const float* __restrict__ logits, unsigned int* __restrict__ out, int vocab) {
-    const float* row = logits + (size_t)blockIdx.x * vocab;
-    float best = -INFINITY;
-    unsigned int best_i = 0xffffffffu;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-        float v = row[i];
-        if (v > best || (v == best && (unsigned int)i < best_i)) {
-            best = v;
-            best_i = i;
-        }
-    }
+// The block-wide argmax of (v, i) pairs, the lowest index on ties; every thread gets the
+// index (0xffffffff when no thread had a candidate). Block: a multiple of 32 threads.
+__device__ unsigned int block_argmax(float best, unsigned int best_i) {
+    __shared__ float warp_best[WARP];
+    __shared__ unsigned int warp_index[WARP];
+    __shared__ unsigned int winner;
     for (int offset = WARP / 2; offset > 0; offset >>= 1) {
         float v = __shfl_xor_sync(0xffffffffu, best, offset);
         unsigned int vi = __shfl_xor_sync(0xffffffffu, best_i, offset);
@@ -256,9 +249,8 @@ extern "C" __global__ void argmax_f32(const float* __restrict__ logits, unsigned
             best_i = vi;
         }
     }
-    __shared__ float warp_best[WARP];
-    __shared__ unsigned int warp_index[WARP];
     int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    __syncthreads();
     if (lane == 0) {
         warp_best[warp] = best;
         warp_index[warp] = best_i;
@@ -271,6 +263,170 @@ extern "C" __global__ void argmax_f32(const float* __restrict__ logits, unsigned
                 best_i = warp_index[w];
             }
         }
-        out[blockIdx.x] = best_i == 0xffffffffu ? 0u : best_i;
+        winner = best_i;
     }
+    __syncthreads();
+    return winner;
+}
+
+// The largest logit of a row and its index (lowest on ties), over finite values.
+__device__ unsigned int row_argmax(const float* row, int vocab) {
+    float best = -INFINITY;
+    unsigned int best_i = 0xffffffffu;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = row[i];
+        if (v > best || (v == best && (unsigned int)i < best_i)) {
+            best = v;
+            best_i = i;
+        }
+    }
+    unsigned int i = block_argmax(best, best_i);
+    return i == 0xffffffffu ? 0u : i;
+}
+
+// Greedy sampling: out[r] = argmax(logits[r, :]), the lowest index on ties. Grid: one block
+// per row; block: 1024 threads.
+extern "C" __global__ void argmax_f32(const float* __restrict__ logits, unsigned int* __restrict__ out, int vocab) {
+    unsigned int i = row_argmax(logits + (size_t)blockIdx.x * vocab, vocab);
+    if (threadIdx.x == 0) out[blockIdx.x] = i;
+}
+
+__device__ float block_max(float v) {
+    __shared__ float partial[WARP];
+    int lane = threadIdx.x % WARP;
+    int warp = threadIdx.x / WARP;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    int warps = blockDim.x / WARP;
+    v = (threadIdx.x < warps) ? partial[threadIdx.x] : -INFINITY;
+    if (warp == 0) v = warp_max(v);
+    if (threadIdx.x == 0) partial[0] = v;
+    __syncthreads();
+    return partial[0];
+}
+
+__device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+// A uniform draw in (0, 1) keyed by (seed, step, token) alone: counter-based, so a row's
+// draw depends on nothing but its own inputs, whatever else shares the batch.
+__device__ __forceinline__ float uniform_open(unsigned long long seed, unsigned int step, unsigned int token) {
+    unsigned long long x = mix64(seed + 0x9e3779b97f4a7c15ULL * ((unsigned long long)step + 1ULL));
+    x = mix64(x ^ (0xd1b54a32d192ed03ULL * ((unsigned long long)token + 1ULL)));
+    return ((float)(x >> 40) + 0.5f) * (1.0f / 16777216.0f);
+}
+
+// One row's sampling parameters, as `backend/cuda/sampling.rs` packs them: eight 32-bit
+// words.
+struct SampleParams {
+    float temperature;  // <= 0: greedy
+    float top_p;        // 1: off
+    float min_p;        // 0: off
+    unsigned int top_k; // 0: off
+    unsigned int seed_lo;
+    unsigned int seed_hi;
+    unsigned int step;  // tokens this sequence sampled before
+    unsigned int reserved;
+};
+
+// The weight exp((l - max) / T) of a logit; 0 for non-finite ones, which are never picked.
+__device__ __forceinline__ float token_weight(float logit, float inv_t, float max_scaled) {
+    return isfinite(logit) ? __expf(logit * inv_t - max_scaled) : 0.0f;
+}
+
+// Counts (or sums the weights of) a row's tokens whose weight's bits are at least `bits`.
+// Weights are positive floats, whose bit patterns order as their values.
+__device__ float mass_at_least(const float* row, int vocab, float inv_t, float max_scaled, unsigned int bits, bool count) {
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float w = token_weight(row[i], inv_t, max_scaled);
+        if (w > 0.0f && __float_as_uint(w) >= bits) acc += count ? 1.0f : w;
+    }
+    return block_sum(acc);
+}
+
+// The largest threshold (as float bits, in [lo, 1.0]) whose kept mass is still at least
+// `target`: a bisection over the bit patterns, exact in about 30 block reductions.
+__device__ unsigned int largest_threshold(const float* row, int vocab, float inv_t, float max_scaled,
+                                          unsigned int lo, float target, bool count) {
+    unsigned int hi = 0x3f800000u;  // 1.0f: the largest weight
+    while (lo < hi) {
+        unsigned int mid = lo + (hi - lo + 1u) / 2u;
+        if (mass_at_least(row, vocab, inv_t, max_scaled, mid, count) >= target) {
+            lo = mid;
+        } else {
+            hi = mid - 1u;
+        }
+    }
+    return lo;
+}
+
+// Sampling on the GPU, so that only token ids cross PCIe. Per row, as the CPU sampler
+// (sampling/mod.rs) filters: temperature, then top-k, then min-p (relative to the most
+// likely token), then top-p over the probabilities normalised within the top-k. Then one
+// draw from the kept tokens in proportion to their weights, by the exponential race
+// (argmax of weight / Exp(1)), with the randomness keyed by (seed, step, token).
+// Ties at a top-k boundary keep every tied token. Grid: one block per row; block: 1024.
+extern "C" __global__ void sample_rows(
+    const float* __restrict__ logits, const SampleParams* __restrict__ params,
+    unsigned int* __restrict__ out, int vocab) {
+    const float* row = logits + (size_t)blockIdx.x * vocab;
+    SampleParams p = params[blockIdx.x];
+    if (!(p.temperature > 0.0f)) {
+        unsigned int i = row_argmax(row, vocab);
+        if (threadIdx.x == 0) out[blockIdx.x] = i;
+        return;
+    }
+    float inv_t = 1.0f / p.temperature;
+    float local_max = -INFINITY;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float l = row[i];
+        if (isfinite(l)) local_max = fmaxf(local_max, l * inv_t);
+    }
+    float max_scaled = block_max(local_max);
+    if (!isfinite(max_scaled)) {  // no finite logit: what the CPU sampler does too
+        unsigned int i = row_argmax(row, vocab);
+        if (threadIdx.x == 0) out[blockIdx.x] = i;
+        return;
+    }
+    unsigned int threshold = 1u;  // the smallest positive float: every finite token
+    if (p.top_k > 0u && p.top_k < (unsigned int)vocab) {
+        threshold = largest_threshold(row, vocab, inv_t, max_scaled, threshold, (float)p.top_k, true);
+    }
+    float top_k_mass = mass_at_least(row, vocab, inv_t, max_scaled, threshold, false);
+    if (p.min_p > 0.0f) {
+        // Relative to the top token, whose weight is 1.
+        threshold = max(threshold, __float_as_uint(p.min_p));
+    }
+    if (p.top_p < 1.0f) {
+        float target = p.top_p * top_k_mass;
+        if (mass_at_least(row, vocab, inv_t, max_scaled, threshold, false) >= target) {
+            threshold = largest_threshold(row, vocab, inv_t, max_scaled, threshold, target, false);
+        }
+    }
+    unsigned long long seed = ((unsigned long long)p.seed_hi << 32) | p.seed_lo;
+    float best = -INFINITY;
+    unsigned int best_i = 0xffffffffu;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float w = token_weight(row[i], inv_t, max_scaled);
+        if (w > 0.0f && __float_as_uint(w) >= threshold) {
+            // log(w) is the scaled logit minus the maximum.
+            float race = (row[i] * inv_t - max_scaled) - __logf(-__logf(uniform_open(seed, p.step, (unsigned int)i)));
+            if (race > best || (race == best && (unsigned int)i < best_i)) {
+                best = race;
+                best_i = i;
+            }
+        }
+    }
+    unsigned int winner = block_argmax(best, best_i);
+    if (winner == 0xffffffffu) winner = row_argmax(row, vocab);  // uniform across the block
+    if (threadIdx.x == 0) out[blockIdx.x] = winner;
 }
