@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 use crate::formats::gguf::GgufFile;
@@ -211,7 +212,8 @@ impl LlamaModel {
             let (kv_heads, d) = (cfg.n_kv_heads, cfg.head_dim);
             let k_all = k.flatten_all()?.to_vec1::<f32>()?;
             let v_all = v.flatten_all()?.to_vec1::<f32>()?;
-            let mut outputs = Vec::with_capacity(segments.len());
+            // Each segment's new keys and values into its blocks, in order...
+            let mut spans = Vec::with_capacity(segments.len());
             let mut offset = 0;
             for seg in segments.iter_mut() {
                 let len = seg.tokens.len();
@@ -234,17 +236,27 @@ impl LlamaModel {
                     &rows(&k_all, kv_heads),
                     &rows(&v_all, kv_heads),
                 );
-                // Gather this sequence's context from its blocks, then matrix multiplications.
-                // (A kernel reading the blocks in place for decode steps summed in a different
-                // order and moved greedy picks at near-ties; see engine/tests/greedy_parity.rs.)
-                let total = start + len;
-                let (keys, values) = pool.gather(layer_idx, seg.cache, total);
-                let keys = Tensor::from_vec(keys, (kv_heads, total, d), &device)?;
-                let values = Tensor::from_vec(values, (kv_heads, total, d), &device)?;
-                let output = self.attention(&q.narrow(1, offset, len)?, &keys, &values, start)?;
-                outputs.push(output);
+                spans.push((offset, start, len));
                 offset += len;
             }
+            // ...then attention, the segments in parallel: each reads only its own blocks,
+            // and its result does not depend on which thread computes it.
+            let pool_view: &KvPool = pool;
+            let outputs = segments
+                .par_iter()
+                .zip(&spans)
+                .map(|(seg, &(offset, start, len))| -> Result<Tensor> {
+                    // Gather this sequence's context from its blocks, then matrix
+                    // multiplications. (A kernel reading the blocks in place for decode
+                    // steps summed in a different order and moved greedy picks at
+                    // near-ties; see engine/tests/greedy_parity.rs.)
+                    let total = start + len;
+                    let (keys, values) = pool_view.gather(layer_idx, seg.cache, total);
+                    let keys = Tensor::from_vec(keys, (kv_heads, total, d), &device)?;
+                    let values = Tensor::from_vec(values, (kv_heads, total, d), &device)?;
+                    self.attention(&q.narrow(1, offset, len)?, &keys, &values, start)
+                })
+                .collect::<Result<Vec<Tensor>>>()?;
             let attn = Tensor::cat(&outputs, 0)?;
             hidden = (hidden + layer.o_proj.forward(&attn)?)?;
 

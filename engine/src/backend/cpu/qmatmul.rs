@@ -36,6 +36,37 @@ struct QuantizedRow {
     values: Vec<i8>,
 }
 
+/// Four quantized activation rows interleaved block by block, so that the four-row kernels
+/// walk one array: per block, the rows' scales, their sums, then their 32 values each.
+/// Rows past the end of the batch are zero and their results are dropped.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct GroupBlock {
+    scales: [f32; 4],
+    sums: [f32; 4],
+    values: [[i8; BLOCK]; 4],
+}
+
+const EMPTY_GROUP_BLOCK: GroupBlock = GroupBlock {
+    scales: [0.0; 4],
+    sums: [0.0; 4],
+    values: [[0; BLOCK]; 4],
+};
+
+/// Interleaves up to four rows into one group.
+fn group_rows(rows: &[QuantizedRow]) -> Vec<GroupBlock> {
+    let blocks = rows.first().map_or(0, |r| r.scales.len());
+    let mut group = vec![EMPTY_GROUP_BLOCK; blocks];
+    for (r, row) in rows.iter().take(4).enumerate() {
+        for (b, block) in group.iter_mut().enumerate() {
+            block.scales[r] = row.scales[b];
+            block.sums[r] = row.sums[b];
+            block.values[r].copy_from_slice(&row.values[b * BLOCK..(b + 1) * BLOCK]);
+        }
+    }
+    group
+}
+
 fn quantize_row(row: &[f32]) -> QuantizedRow {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -126,6 +157,9 @@ pub fn matmul(
             });
         return Ok(());
     }
+    // Four tokens per pass: each weight block is unpacked once for all four. Rows are
+    // interleaved in groups of four (the last padded with zero rows).
+    let groups: Vec<Vec<GroupBlock>> = rows.chunks(4).map(group_rows).collect();
     // Column-major scratch so each task writes a contiguous slice, then transpose.
     let mut by_column = vec![0f32; n * m];
     by_column
@@ -135,14 +169,10 @@ pub fn matmul(
             for (j, column) in out.chunks_exact_mut(m).enumerate() {
                 let col = c * chunk + j;
                 let w = &weights[col * row_bytes..(col + 1) * row_bytes];
-                // Four tokens per pass: the weight block is unpacked once for all four.
-                let mut outputs = column.chunks_exact_mut(4);
-                let mut inputs = rows.chunks_exact(4);
-                for (o, group) in (&mut outputs).zip(&mut inputs) {
-                    dot4(w, group, o);
-                }
-                for (o, row) in outputs.into_remainder().iter_mut().zip(inputs.remainder()) {
-                    *o = dot(w, row);
+                for (o, group) in column.chunks_mut(4).zip(&groups) {
+                    let mut four = [0f32; 4];
+                    dot4(w, group, &mut four);
+                    o.copy_from_slice(&four[..o.len()]);
                 }
             }
         });
@@ -155,8 +185,8 @@ pub fn matmul(
 }
 
 type DotFn = fn(&[u8], &QuantizedRow) -> f32;
-/// Dots one weight row with exactly four activation rows.
-type Dot4Fn = fn(&[u8], &[QuantizedRow], &mut [f32]);
+/// Dots one weight row with a group of four activation rows.
+type Dot4Fn = fn(&[u8], &[GroupBlock], &mut [f32; 4]);
 
 fn dot4_fn(format: WeightFormat) -> Dot4Fn {
     #[cfg(target_arch = "x86_64")]
@@ -170,16 +200,8 @@ fn dot4_fn(format: WeightFormat) -> Dot4Fn {
         };
     }
     match format {
-        WeightFormat::Q4_1 => |w, x, out| {
-            for (o, row) in out.iter_mut().zip(x) {
-                *o = dot_q4_1_portable(w, row);
-            }
-        },
-        WeightFormat::Q8_0 => |w, x, out| {
-            for (o, row) in out.iter_mut().zip(x) {
-                *o = dot_q8_0_portable(w, row);
-            }
-        },
+        WeightFormat::Q4_1 => dot4_q4_1_portable,
+        WeightFormat::Q8_0 => dot4_q8_0_portable,
     }
 }
 
@@ -216,6 +238,27 @@ fn dot_q4_1_portable(w: &[u8], x: &QuantizedRow) -> f32 {
     total
 }
 
+/// The `r`th row of a group, for the one-row kernels.
+fn group_row(x: &[GroupBlock], r: usize) -> QuantizedRow {
+    QuantizedRow {
+        scales: x.iter().map(|b| b.scales[r]).collect(),
+        sums: x.iter().map(|b| b.sums[r]).collect(),
+        values: x.iter().flat_map(|b| b.values[r]).collect(),
+    }
+}
+
+fn dot4_q4_1_portable(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_q4_1_portable(w, &group_row(x, r));
+    }
+}
+
+fn dot4_q8_0_portable(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_q8_0_portable(w, &group_row(x, r));
+    }
+}
+
 fn dot_q8_0_portable(w: &[u8], x: &QuantizedRow) -> f32 {
     let mut total = 0f32;
     for (b, block) in w.chunks_exact(Q8_0_BYTES).enumerate() {
@@ -235,7 +278,7 @@ fn dot_q8_0_portable(w: &[u8], x: &QuantizedRow) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, Q4_1_BYTES, Q8_0_BYTES, QuantizedRow};
+    use super::{BLOCK, GroupBlock, Q4_1_BYTES, Q8_0_BYTES, QuantizedRow};
 
     /// The two f16 values at the start of a block, as f32.
     #[inline(always)]
@@ -289,58 +332,57 @@ mod avx2 {
     }
 
     /// # Safety
-    /// AVX2/FMA/F16C; `x` holds four rows of the same length; `w` holds their blocks.
+    /// AVX2/FMA/F16C. Sums in the same order as `dot_q4_1`, so a row's result does not
+    /// depend on whether it was computed alone or in a group.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot4_q4_1(w: &[u8], x: &[QuantizedRow], out: &mut [f32]) {
-        let [x0, x1, x2, x3] = [&x[0], &x[1], &x[2], &x[3]];
-        let blocks = x0.scales.len().min(w.len() / Q4_1_BYTES);
+    pub(super) unsafe fn dot4_q4_1(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
         let mask = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 4];
-        let mut min_terms = [0f32; 4];
-        for b in 0..blocks {
-            let block = &w[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
+        let mut min_terms = _mm_setzero_ps();
+        for (block, xb) in w.chunks_exact(Q4_1_BYTES).zip(x) {
             let (d, min) = unsafe { two_f16(block) };
-            // SAFETY: 16 bytes at block[4..20]; 32 at each row's values[b*32..].
+            // SAFETY: 16 bytes at block[4..20]; 32 in each row's values.
             let packed = unsafe { _mm_loadu_si128(block.as_ptr().add(4).cast()) };
             let low = _mm_and_si128(packed, mask);
             let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
             let weights = _mm256_set_m128i(high, low);
-            for (r, row) in [x0, x1, x2, x3].into_iter().enumerate() {
-                let xs = unsafe { _mm256_loadu_si256(row.values.as_ptr().add(b * BLOCK).cast()) };
-                let sums =
+            // A product, then a sum: as `min_terms += min * sums[b]` rounds in `dot_q4_1`.
+            let sums = unsafe { _mm_loadu_ps(xb.sums.as_ptr()) };
+            min_terms = _mm_add_ps(min_terms, _mm_mul_ps(_mm_set1_ps(min), sums));
+            for ((a, values), scale) in acc.iter_mut().zip(&xb.values).zip(xb.scales) {
+                let xs = unsafe { _mm256_loadu_si256(values.as_ptr().cast()) };
+                let products =
                     _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(weights, xs), ones));
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * row.scales[b]), sums, acc[r]);
-                min_terms[r] += min * row.sums[b];
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(d * scale), products, *a);
             }
         }
+        let mut mins = [0f32; 4];
+        unsafe { _mm_storeu_ps(mins.as_mut_ptr(), min_terms) };
         for r in 0..4 {
-            out[r] = unsafe { horizontal_sum(acc[r]) } + min_terms[r];
+            out[r] = unsafe { horizontal_sum(acc[r]) } + mins[r];
         }
     }
 
     /// # Safety
-    /// AVX2/FMA/F16C; `x` holds four rows of the same length; `w` holds their blocks.
+    /// AVX2/FMA/F16C. Sums in the same order as `dot_q8_0`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot4_q8_0(w: &[u8], x: &[QuantizedRow], out: &mut [f32]) {
-        let [x0, x1, x2, x3] = [&x[0], &x[1], &x[2], &x[3]];
-        let blocks = x0.scales.len().min(w.len() / Q8_0_BYTES);
+    pub(super) unsafe fn dot4_q8_0(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 4];
-        for b in 0..blocks {
-            let block = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+        for (block, xb) in w.chunks_exact(Q8_0_BYTES).zip(x) {
             let (d, _) = unsafe { two_f16(block) };
-            // SAFETY: 32 bytes at block[2..34] and at each row's values[b*32..].
+            // SAFETY: 32 bytes at block[2..34] and in each row's values.
             let weights = unsafe { _mm256_loadu_si256(block.as_ptr().add(2).cast()) };
             let abs_weights = _mm256_sign_epi8(weights, weights);
-            for (r, row) in [x0, x1, x2, x3].into_iter().enumerate() {
-                let xs = unsafe { _mm256_loadu_si256(row.values.as_ptr().add(b * BLOCK).cast()) };
+            for ((a, values), scale) in acc.iter_mut().zip(&xb.values).zip(xb.scales) {
+                let xs = unsafe { _mm256_loadu_si256(values.as_ptr().cast()) };
                 let signed_xs = _mm256_sign_epi8(xs, weights);
-                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
                     _mm256_maddubs_epi16(abs_weights, signed_xs),
                     ones,
                 ));
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * row.scales[b]), sums, acc[r]);
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(d * scale), products, *a);
             }
         }
         for r in 0..4 {
@@ -436,6 +478,20 @@ mod tests {
                 WeightFormat::Q8_0 => dot_q8_0_portable,
             };
             let row_bytes = k / 32 * format.block_bytes();
+            // A row computed in a group of four gives exactly what it gives alone: batched
+            // output equals unbatched output.
+            for i in 0..m {
+                let mut alone = vec![0f32; n];
+                matmul(
+                    format,
+                    (1, k, n),
+                    &lhs[i * k..(i + 1) * k],
+                    weights,
+                    &mut alone,
+                )
+                .unwrap();
+                assert_eq!(alone, dst[i * n..(i + 1) * n], "{format:?} row {i}");
+            }
             for i in 0..m {
                 for j in 0..n {
                     // Exact math on the dequantized weights: only activation rounding remains.
