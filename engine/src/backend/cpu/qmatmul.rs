@@ -53,15 +53,30 @@ const EMPTY_GROUP_BLOCK: GroupBlock = GroupBlock {
     values: [[0; BLOCK]; 4],
 };
 
-/// Interleaves up to four rows into one group.
-fn group_rows(rows: &[QuantizedRow]) -> Vec<GroupBlock> {
-    let blocks = rows.first().map_or(0, |r| r.scales.len());
-    let mut group = vec![EMPTY_GROUP_BLOCK; blocks];
-    for (r, row) in rows.iter().take(4).enumerate() {
-        for (b, block) in group.iter_mut().enumerate() {
-            block.scales[r] = row.scales[b];
-            block.sums[r] = row.sums[b];
-            block.values[r].copy_from_slice(&row.values[b * BLOCK..(b + 1) * BLOCK]);
+/// Quantizes up to four rows (`k` values each) straight into one interleaved group.
+fn quantize_group(rows: &[f32], k: usize) -> Vec<GroupBlock> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { quantize_group_avx2(rows, k) };
+    }
+    quantize_group_inline(rows, k)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_group_avx2(rows: &[f32], k: usize) -> Vec<GroupBlock> {
+    quantize_group_inline(rows, k)
+}
+
+#[inline(always)]
+fn quantize_group_inline(rows: &[f32], k: usize) -> Vec<GroupBlock> {
+    let mut group = vec![EMPTY_GROUP_BLOCK; k / BLOCK];
+    for (r, row) in rows.chunks_exact(k).take(4).enumerate() {
+        for (block, values) in group.iter_mut().zip(row.chunks_exact(BLOCK)) {
+            let (scale, sum) = quantize_block(values, &mut block.values[r]);
+            block.scales[r] = scale;
+            block.sums[r] = sum;
         }
     }
     group
@@ -91,24 +106,32 @@ fn quantize_row_inline(row: &[f32]) -> QuantizedRow {
         sums: Vec::with_capacity(blocks),
         values: vec![0; row.len()],
     };
-    for (b, chunk) in row.chunks_exact(BLOCK).enumerate() {
-        let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let scale = amax / 127.0;
-        let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        let mut sum = 0i32;
-        for (i, v) in chunk.iter().enumerate() {
-            // Half away from zero, as llama.cpp's reference `roundf` (ties to even
-            // follows it less closely: see engine/tests/greedy_parity.rs).
-            let x = (v * inverse).round() as i32;
-            q.values[b * BLOCK + i] = x as i8;
-            sum += x;
-        }
-        // Stored at f16 precision, as llama.cpp's Q8_0/Q8_1 blocks do, so that greedy
-        // decoding follows llama.cpp's numerics as closely as possible.
-        q.scales.push(round_to_f16(scale));
-        q.sums.push(round_to_f16(scale * sum as f32));
+    for (chunk, values) in row.chunks_exact(BLOCK).zip(q.values.chunks_exact_mut(BLOCK)) {
+        let (scale, sum) = quantize_block(chunk, values);
+        q.scales.push(scale);
+        q.sums.push(sum);
     }
     q
+}
+
+/// One block of 32 values to 8 bits; returns its scale and the scaled sum of its values
+/// (for Q4_1's min term).
+#[inline(always)]
+fn quantize_block(chunk: &[f32], values: &mut [i8]) -> (f32, f32) {
+    let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let scale = amax / 127.0;
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sum = 0i32;
+    for (v, out) in chunk.iter().zip(values.iter_mut()) {
+        // Half away from zero, as llama.cpp's reference `roundf` (ties to even follows
+        // it less closely: see engine/tests/greedy_parity.rs).
+        let x = (v * inverse).round() as i32;
+        *out = x as i8;
+        sum += x;
+    }
+    // Stored at f16 precision, as llama.cpp's Q8_0/Q8_1 blocks do, so that greedy decoding
+    // follows llama.cpp's numerics as closely as possible.
+    (round_to_f16(scale), round_to_f16(scale * sum as f32))
 }
 
 fn round_to_f16(v: f32) -> f32 {
@@ -140,26 +163,29 @@ pub fn matmul(
             dst.len()
         ));
     }
-    let rows: Vec<QuantizedRow> = lhs.chunks_exact(k).map(quantize_row).collect();
     let dot = dot_fn(format);
     let dot4 = dot4_fn(format);
     // Enough work per task to amortise scheduling, few enough tasks to balance.
     let chunk = (n / (rayon::current_num_threads() * 8)).clamp(16, 512);
     if m == 1 {
+        let row = quantize_row(lhs);
         dst[..n]
             .par_chunks_mut(chunk)
             .enumerate()
             .for_each(|(c, out)| {
                 for (j, o) in out.iter_mut().enumerate() {
                     let col = c * chunk + j;
-                    *o = dot(&weights[col * row_bytes..(col + 1) * row_bytes], &rows[0]);
+                    *o = dot(&weights[col * row_bytes..(col + 1) * row_bytes], &row);
                 }
             });
         return Ok(());
     }
     // Four tokens per pass: each weight block is unpacked once for all four. Rows are
     // interleaved in groups of four (the last padded with zero rows).
-    let groups: Vec<Vec<GroupBlock>> = rows.chunks(4).map(group_rows).collect();
+    let groups: Vec<Vec<GroupBlock>> = lhs
+        .par_chunks(4 * k)
+        .map(|four| quantize_group(four, k))
+        .collect();
     // Column-major scratch so each task writes a contiguous slice, then transpose.
     let mut by_column = vec![0f32; n * m];
     by_column
