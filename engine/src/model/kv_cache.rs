@@ -126,8 +126,9 @@ impl KvPool {
         len: usize,
     ) -> (Vec<f32>, Vec<f32>) {
         let d = self.head_dim;
-        let mut keys = vec![0f32; self.kv_heads * len * d];
-        let mut values = vec![0f32; self.kv_heads * len * d];
+        // Appended in order (head, then block): no zeroing of memory about to be copied.
+        let mut keys = Vec::with_capacity(self.kv_heads * len * d);
+        let mut values = Vec::with_capacity(self.kv_heads * len * d);
         for head in 0..self.kv_heads {
             for (b, &block) in table.blocks.iter().enumerate() {
                 let first = b * BLOCK_SIZE;
@@ -136,9 +137,8 @@ impl KvPool {
                 }
                 let count = BLOCK_SIZE.min(len - first);
                 let at = self.offset(block, head, 0);
-                let to = (head * len + first) * d;
-                keys[to..to + count * d].copy_from_slice(&self.keys[layer][at..at + count * d]);
-                values[to..to + count * d].copy_from_slice(&self.values[layer][at..at + count * d]);
+                keys.extend_from_slice(&self.keys[layer][at..at + count * d]);
+                values.extend_from_slice(&self.values[layer][at..at + count * d]);
             }
         }
         (keys, values)

@@ -106,7 +106,10 @@ fn quantize_row_inline(row: &[f32]) -> QuantizedRow {
         sums: Vec::with_capacity(blocks),
         values: vec![0; row.len()],
     };
-    for (chunk, values) in row.chunks_exact(BLOCK).zip(q.values.chunks_exact_mut(BLOCK)) {
+    for (chunk, values) in row
+        .chunks_exact(BLOCK)
+        .zip(q.values.chunks_exact_mut(BLOCK))
+    {
         let (scale, sum) = quantize_block(chunk, values);
         q.scales.push(scale);
         q.sums.push(sum);
@@ -186,27 +189,32 @@ pub fn matmul(
         .par_chunks(4 * k)
         .map(|four| quantize_group(four, k))
         .collect();
-    // Column-major scratch so each task writes a contiguous slice, then transpose.
-    let mut by_column = vec![0f32; n * m];
-    by_column
-        .par_chunks_mut(chunk * m)
-        .enumerate()
-        .for_each(|(c, out)| {
-            for (j, column) in out.chunks_exact_mut(m).enumerate() {
-                let col = c * chunk + j;
-                let w = &weights[col * row_bytes..(col + 1) * row_bytes];
-                for (o, group) in column.chunks_mut(4).zip(&groups) {
-                    let mut four = [0f32; 4];
-                    dot4(w, group, &mut four);
-                    o.copy_from_slice(&four[..o.len()]);
-                }
+    // Each task owns a range of columns: its piece of every output row.
+    let mut tasks: Vec<Vec<&mut [f32]>> = Vec::new();
+    for row in dst[..m * n].chunks_exact_mut(n) {
+        for (c, piece) in row.chunks_mut(chunk).enumerate() {
+            if c == tasks.len() {
+                tasks.push(Vec::with_capacity(m));
             }
-        });
-    for (col, column) in by_column.chunks_exact(m).enumerate() {
-        for (row, v) in column.iter().enumerate() {
-            dst[row * n + col] = *v;
+            tasks[c].push(piece);
         }
     }
+    tasks.into_par_iter().enumerate().for_each(|(c, mut rows)| {
+        let columns = rows.first().map_or(0, |r| r.len());
+        let task_weights = weights
+            .chunks_exact(row_bytes)
+            .skip(c * chunk)
+            .take(columns);
+        for (j, w) in task_weights.enumerate() {
+            for (g, group) in groups.iter().enumerate() {
+                let mut four = [0f32; 4];
+                dot4(w, group, &mut four);
+                for (r, v) in four.iter().enumerate().take(m - (4 * g).min(m)) {
+                    rows[4 * g + r][j] = *v;
+                }
+            }
+        }
+    });
     Ok(())
 }
 
