@@ -48,6 +48,7 @@ impl<T: GgmlType + 'static> QuantizedType for MappedBlocks<T> {
     ) -> candle_core::Result<()> {
         let format = match T::DTYPE {
             GgmlDType::Q4_1 => Some(WeightFormat::Q4_1),
+            GgmlDType::Q5_0 => Some(WeightFormat::Q5_0),
             GgmlDType::Q8_0 => Some(WeightFormat::Q8_0),
             _ => None,
         };

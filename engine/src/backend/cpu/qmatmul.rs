@@ -1,5 +1,5 @@
 //! Quantized matrix multiplication `dst[m, n] = lhs[m, k] · weights[n, k]ᵀ` for GGUF's
-//! Q4_1 and Q8_0 weights, read in place from the file mapping. Activations are quantized to
+//! Q4_1, Q5_0 and Q8_0 weights, read in place from the file mapping. Activations are quantized to
 //! 8 bits per 32-element block (as llama.cpp does), then each weight row is dotted with
 //! every activation row while it is in cache: a batch of m tokens reads the weights once.
 //! Work is split over weight rows on the rayon pool.
@@ -10,12 +10,17 @@ use rayon::prelude::*;
 pub const BLOCK: usize = 32;
 /// Q4_1: f16 scale, f16 min, 16 bytes of nibbles.
 pub const Q4_1_BYTES: usize = 20;
+/// Q5_0: f16 scale, 32 high bits, 16 bytes of low nibbles; values are 5 bits minus 16.
+/// (Llama-family GGUFs whose hidden size is not a multiple of 256, such as Qwen2.5-0.5B,
+/// carry most of their weights in it: K-quants need rows of whole 256-value blocks.)
+pub const Q5_0_BYTES: usize = 22;
 /// Q8_0: f16 scale, 32 signed bytes.
 pub const Q8_0_BYTES: usize = 34;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
     Q4_1,
+    Q5_0,
     Q8_0,
 }
 
@@ -23,6 +28,7 @@ impl WeightFormat {
     fn block_bytes(self) -> usize {
         match self {
             WeightFormat::Q4_1 => Q4_1_BYTES,
+            WeightFormat::Q5_0 => Q5_0_BYTES,
             WeightFormat::Q8_0 => Q8_0_BYTES,
         }
     }
@@ -230,11 +236,13 @@ fn dot4_fn(format: WeightFormat) -> Dot4Fn {
     {
         return match format {
             WeightFormat::Q4_1 => |w, x, out| unsafe { avx2::dot4_q4_1(w, x, out) },
+            WeightFormat::Q5_0 => |w, x, out| unsafe { avx2::dot4_q5_0(w, x, out) },
             WeightFormat::Q8_0 => |w, x, out| unsafe { avx2::dot4_q8_0(w, x, out) },
         };
     }
     match format {
         WeightFormat::Q4_1 => dot4_q4_1_portable,
+        WeightFormat::Q5_0 => dot4_q5_0_portable,
         WeightFormat::Q8_0 => dot4_q8_0_portable,
     }
 }
@@ -247,12 +255,43 @@ fn dot_fn(format: WeightFormat) -> DotFn {
     {
         return match format {
             WeightFormat::Q4_1 => |w, x| unsafe { avx2::dot_q4_1(w, x) },
+            WeightFormat::Q5_0 => |w, x| unsafe { avx2::dot_q5_0(w, x) },
             WeightFormat::Q8_0 => |w, x| unsafe { avx2::dot_q8_0(w, x) },
         };
     }
     match format {
         WeightFormat::Q4_1 => dot_q4_1_portable,
+        WeightFormat::Q5_0 => dot_q5_0_portable,
         WeightFormat::Q8_0 => dot_q8_0_portable,
+    }
+}
+
+/// Value `j` of a Q5_0 block, in -16..=15.
+#[inline(always)]
+fn q5_0_value(block: &[u8], j: usize) -> i32 {
+    let high_bits = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+    let byte = block[6 + j % 16];
+    let low = if j < 16 { byte & 0x0F } else { byte >> 4 };
+    let high = ((high_bits >> j) & 1) as u8;
+    i32::from(low | (high << 4)) - 16
+}
+
+fn dot_q5_0_portable(w: &[u8], x: &QuantizedRow) -> f32 {
+    let mut total = 0f32;
+    for (b, block) in w.chunks_exact(Q5_0_BYTES).enumerate() {
+        let d = f16_at(block, 0);
+        let xs = &x.values[b * BLOCK..(b + 1) * BLOCK];
+        let sum: i32 = (0..BLOCK)
+            .map(|j| q5_0_value(block, j) * i32::from(xs[j]))
+            .sum();
+        total += d * x.scales[b] * sum as f32;
+    }
+    total
+}
+
+fn dot4_q5_0_portable(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_q5_0_portable(w, &group_row(x, r));
     }
 }
 
@@ -312,7 +351,7 @@ fn dot_q8_0_portable(w: &[u8], x: &QuantizedRow) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, GroupBlock, Q4_1_BYTES, Q8_0_BYTES, QuantizedRow};
+    use super::{BLOCK, GroupBlock, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, QuantizedRow};
 
     /// The two f16 values at the start of a block, as f32.
     #[inline(always)]
@@ -424,6 +463,90 @@ mod avx2 {
         }
     }
 
+    /// A Q5_0 block's 32 values as signed bytes in -16..=15: the low nibbles, with 0xF0
+    /// or'ed in where the fifth bit is clear (nibble - 16 in two's complement).
+    #[inline(always)]
+    unsafe fn q5_0_bytes(block: &[u8]) -> __m256i {
+        // SAFETY: a Q5_0 block is 22 bytes: the high bits at 2..6, nibbles at 6..22.
+        unsafe {
+            let high_bits = i32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+            // Byte j of the vector takes byte j / 8 of the bits...
+            let spread = _mm256_shuffle_epi8(
+                _mm256_set1_epi32(high_bits),
+                _mm256_set_epi64x(
+                    0x0303_0303_0303_0303,
+                    0x0202_0202_0202_0202,
+                    0x0101_0101_0101_0101,
+                    0,
+                ),
+            );
+            // ...and is all ones once every bit but its own (j % 8) is set too.
+            let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
+            let bit_set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));
+            let packed = _mm_loadu_si128(block.as_ptr().add(6).cast());
+            let mask = _mm_set1_epi8(0x0F);
+            let low = _mm_and_si128(packed, mask);
+            let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
+            let nibbles = _mm256_set_m128i(high, low);
+            _mm256_or_si256(
+                nibbles,
+                _mm256_andnot_si256(bit_set, _mm256_set1_epi8(0xF0_u8 as i8)),
+            )
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `w` holds `x.scales.len()` Q5_0 blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q5_0(w: &[u8], x: &QuantizedRow) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for ((block, xs), scale) in w
+            .chunks_exact(Q5_0_BYTES)
+            .zip(x.values.chunks_exact(BLOCK))
+            .zip(&x.scales)
+        {
+            let (d, _) = unsafe { two_f16(block) };
+            let weights = unsafe { q5_0_bytes(block) };
+            // SAFETY: 32 values per block.
+            let xs = unsafe { _mm256_loadu_si256(xs.as_ptr().cast()) };
+            // maddubs needs one unsigned operand: move the weights' signs onto the inputs.
+            let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                _mm256_maddubs_epi16(
+                    _mm256_sign_epi8(weights, weights),
+                    _mm256_sign_epi8(xs, weights),
+                ),
+                ones,
+            ));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * scale), products, acc);
+        }
+        unsafe { horizontal_sum(acc) }
+    }
+
+    /// # Safety
+    /// AVX2/FMA/F16C. Sums in the same order as `dot_q5_0`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4_q5_0(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (block, xb) in w.chunks_exact(Q5_0_BYTES).zip(x) {
+            let (d, _) = unsafe { two_f16(block) };
+            let weights = unsafe { q5_0_bytes(block) };
+            let abs_weights = _mm256_sign_epi8(weights, weights);
+            for ((a, values), scale) in acc.iter_mut().zip(&xb.values).zip(xb.scales) {
+                let xs = unsafe { _mm256_loadu_si256(values.as_ptr().cast()) };
+                let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                    _mm256_maddubs_epi16(abs_weights, _mm256_sign_epi8(xs, weights)),
+                    ones,
+                ));
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(d * scale), products, *a);
+            }
+        }
+        for r in 0..4 {
+            out[r] = unsafe { horizontal_sum(acc[r]) };
+        }
+    }
+
     /// # Safety
     /// The CPU must support AVX2 and FMA; `w` holds `x.scales.len()` Q8_0 blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -475,11 +598,43 @@ mod tests {
                 let q = if i < 16 { byte & 0x0F } else { byte >> 4 };
                 f16_at(block, 0) * f32::from(q) + f16_at(block, 2)
             }
+            WeightFormat::Q5_0 => {
+                let block = &row[b * Q5_0_BYTES..];
+                let high_bits = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+                let byte = block[6 + i % 16];
+                let low = if i < 16 { byte & 0x0F } else { byte >> 4 };
+                let q = i32::from(low) + 16 * ((high_bits >> i) & 1) as i32 - 16;
+                f16_at(block, 0) * q as f32
+            }
             WeightFormat::Q8_0 => {
                 let block = &row[b * Q8_0_BYTES..];
                 f16_at(block, 0) * f32::from(block[2 + i] as i8)
             }
         }
+    }
+
+    /// As llama.cpp's reference quantizer: the value of largest magnitude maps to -16.
+    fn q5_0_block(values: &[f32; 32]) -> Vec<u8> {
+        let max = values
+            .iter()
+            .copied()
+            .fold(0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+        let d = max / -16.0;
+        let inverse = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let q = |v: f32| ((v * inverse + 16.5) as i32).clamp(0, 31) as u32;
+        let mut high_bits = 0u32;
+        let mut nibbles = [0u8; 16];
+        for j in 0..16 {
+            let (a, b) = (q(values[j]), q(values[j + 16]));
+            nibbles[j] = (a & 0x0F) as u8 | (((b & 0x0F) as u8) << 4);
+            high_bits |= ((a >> 4) & 1) << j;
+            high_bits |= ((b >> 4) & 1) << (j + 16);
+        }
+        let mut out = Vec::new();
+        out.extend(half::f16::from_f32(d).to_le_bytes());
+        out.extend(high_bits.to_le_bytes());
+        out.extend(nibbles);
+        out
     }
 
     #[test]
@@ -495,20 +650,27 @@ mod tests {
             .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
             .collect();
         let mut q4 = Vec::new();
+        let mut q5 = Vec::new();
         let mut q8 = Vec::new();
         for row in weights_f.chunks_exact(32) {
             let block: [f32; 32] = row.try_into().unwrap();
             q4.extend(q4_1_block(&block));
+            q5.extend(q5_0_block(&block));
             let amax = row.iter().fold(0f32, |a, v| a.max(v.abs()));
             q8.extend(half::f16::from_f32(amax / 127.0).to_le_bytes());
             q8.extend(row.iter().map(|v| (v / (amax / 127.0)).round() as i8 as u8));
         }
-        for (format, weights) in [(WeightFormat::Q4_1, &q4), (WeightFormat::Q8_0, &q8)] {
+        for (format, weights) in [
+            (WeightFormat::Q4_1, &q4),
+            (WeightFormat::Q5_0, &q5),
+            (WeightFormat::Q8_0, &q8),
+        ] {
             let mut dst = vec![0f32; m * n];
             matmul(format, (m, k, n), &lhs, weights, &mut dst).unwrap();
             let rows: Vec<QuantizedRow> = lhs.chunks_exact(k).map(quantize_row).collect();
             let portable = match format {
                 WeightFormat::Q4_1 => dot_q4_1_portable,
+                WeightFormat::Q5_0 => dot_q5_0_portable,
                 WeightFormat::Q8_0 => dot_q8_0_portable,
             };
             let row_bytes = k / 32 * format.block_bytes();
