@@ -183,17 +183,18 @@ def main():
         stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 600
-        while time.time() < deadline:
+        ready = False
+        while time.time() < deadline and not ready:
             try:
                 get_text(base, "/health/ready")  # 503 until the models are loaded
-                break
+                ready = True
             except Exception:
                 if server.poll() is not None:
                     break
                 time.sleep(0.5)
         started = open(log_path).read()
-        check(server.poll() is None, "the server started")
-        if server.poll() is not None:
+        check(ready, "the server started and loaded the model")
+        if not ready:
             say(started[-3000:])
             sys.exit(1)
         kv_line = next((l for l in started.splitlines() if "KV cache:" in l), "")

@@ -111,8 +111,9 @@ pub struct RawEngineConfig {
     /// Where chat models run: `auto` (a CUDA GPU when one is usable, else the CPU), `cpu`,
     /// `cuda` or `cuda:N`.
     pub device: Option<String>,
-    /// On CUDA, the share of GPU memory each chat model may take, weights and KV cache
-    /// together (vLLM's `gpu_memory_utilization`, default 0.9).
+    /// On CUDA, the share of GPU memory the chat models may take, weights and KV caches
+    /// together (vLLM's `gpu_memory_utilization`, default 0.9); several chat models split
+    /// it evenly.
     pub gpu_memory_utilization: Option<f32>,
 }
 

@@ -165,6 +165,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// GPU stops start-up here; `auto` says which device it chose and why.
 fn resolve_device(config: &Config) -> anyhow::Result<engine::ResolvedDevice> {
     let requested = config.engine.device;
+    if !config
+        .models
+        .iter()
+        .any(|m| m.task == config::ModelTask::Generate)
+    {
+        // A node that only routes, traces or monitors: the device is not used.
+        return Ok(engine::ResolvedDevice {
+            device: engine::Device::Cpu,
+            gpu: None,
+            fallback_reason: None,
+        });
+    }
     let resolved = requested
         .resolve()
         .with_context(|| format!("device {requested} (engine.device, --device, AGENTBOX_DEVICE) cannot be used; use --device cpu or auto"))?;

@@ -42,10 +42,17 @@ fn load_chat(
         max_batched_tokens: config.engine.max_batched_tokens,
         threads: config.threads,
     };
+    // Chat models on one GPU split the configured share evenly.
+    let chat_models = config
+        .models
+        .iter()
+        .filter(|m| m.task == ModelTask::Generate)
+        .count()
+        .max(1);
     let placement = Placement {
         device: device.device,
         kv_cache_bytes: config.engine.kv_cache_bytes,
-        gpu_memory_utilization: config.engine.gpu_memory_utilization,
+        gpu_memory_utilization: config.engine.gpu_memory_utilization / chat_models as f32,
     };
     match ChatModel::load(source, placement, options.clone()) {
         Ok(chat) => Ok(chat),

@@ -559,3 +559,34 @@ fn gpu_sampling_draws_in_proportion_to_the_probabilities() {
     }
     assert!(tokens.iter().all(|&t| row[t as usize].is_finite()));
 }
+
+/// With nothing filtered out of a large vocabulary, a token of negligible weight is never
+/// drawn: no draw's randomness may be exactly 0 or 1, which would let any token win.
+#[test]
+fn gpu_sampling_never_draws_a_negligible_token_from_a_large_vocabulary() {
+    let Some(gpu) = backend() else { return };
+    let vocab = 151_936;
+    // Token 0 has weight 1; each other e^-30 (all of them together about 1.4e-8).
+    let mut row = vec![-30.0f32; vocab];
+    row[0] = 0.0;
+    // 512 rows of 151,936 logits (311 MB): the old draw, which could be exactly 1, put a
+    // stray in about 1% of draws.
+    let draws = 512;
+    let rows: Vec<DeviceSampling> = (0..draws)
+        .map(|seed| DeviceSampling {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: seed as u64,
+            step: 0,
+        })
+        .collect();
+    let logits: Vec<f32> = rows.iter().flat_map(|_| row.iter().copied()).collect();
+    let tokens = sample_on_gpu(&gpu, &logits, &rows, vocab);
+    let strays = tokens.iter().filter(|&&t| t != 0).count();
+    assert_eq!(
+        strays, 0,
+        "{strays} of {draws} draws picked a token of weight e^-30"
+    );
+}

@@ -172,6 +172,10 @@ pub fn matmul(
             dst.len()
         ));
     }
+    if m == 0 || n == 0 || k == 0 {
+        dst[..m * n].fill(0.0);
+        return Ok(());
+    }
     let dot = dot_fn(format);
     let dot4 = dot4_fn(format);
     // Enough work per task to amortise scheduling, few enough tasks to balance.

@@ -20,7 +20,8 @@ use crate::model::dense::DenseCheckpoint;
 pub enum KvBudget {
     Blocks(usize),
     /// As vLLM's `gpu_memory_utilization`: the share of the GPU's memory this model may
-    /// use in all; the KV cache gets what the weights and a 1 GiB work area leave.
+    /// use in all; the KV cache gets what its weights and a 1 GiB work area leave, and
+    /// never more than is free.
     GpuMemoryUtilization(f32),
 }
 
@@ -112,11 +113,13 @@ impl CudaLlama {
         let n_blocks = match kv {
             KvBudget::Blocks(n) => n,
             KvBudget::GpuMemoryUtilization(share) => {
+                // The weights are on the GPU already, so `free` is what is left after them
+                // and after everything else on the device (other models, other processes).
                 let (free, total) = stream.context().mem_get_info()?;
-                let allowed = (total as f64 * f64::from(share.clamp(0.05, 1.0))) as usize;
-                let used_elsewhere = total - free;
-                allowed.saturating_sub(used_elsewhere + WORK_AREA_BYTES)
-                    / (block_bytes * config.n_layers)
+                let allowed = (total as f64 * f64::from(share.clamp(0.01, 1.0))) as usize;
+                let within_share = allowed.saturating_sub(weight_bytes + WORK_AREA_BYTES);
+                let available = free.saturating_sub(WORK_AREA_BYTES);
+                within_share.min(available) / (block_bytes * config.n_layers)
             }
         };
         if n_blocks == 0 {

@@ -317,11 +317,13 @@ __device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
 }
 
 // A uniform draw in (0, 1) keyed by (seed, step, token) alone: counter-based, so a row's
-// draw depends on nothing but its own inputs, whatever else shares the batch.
+// draw depends on nothing but its own inputs, whatever else shares the batch. 23 random
+// bits plus one half: every value, 2^-24 to 1 - 2^-24, is exact in f32, so the draw is
+// never 0 or 1 (whose logarithms would make one token win whatever its weight).
 __device__ __forceinline__ float uniform_open(unsigned long long seed, unsigned int step, unsigned int token) {
     unsigned long long x = mix64(seed + 0x9e3779b97f4a7c15ULL * ((unsigned long long)step + 1ULL));
     x = mix64(x ^ (0xd1b54a32d192ed03ULL * ((unsigned long long)token + 1ULL)));
-    return ((float)(x >> 40) + 0.5f) * (1.0f / 16777216.0f);
+    return ((float)(x >> 41) + 0.5f) * (1.0f / 8388608.0f);
 }
 
 // One row's sampling parameters, as `backend/cuda/sampling.rs` packs them: eight 32-bit
@@ -337,9 +339,15 @@ struct SampleParams {
     unsigned int reserved;
 };
 
+// A logit over the temperature, rounded as the maximum was (no fused multiply-add), so
+// the top token's weight is exactly 1.
+__device__ __forceinline__ float scaled_logit(float logit, float inv_t) {
+    return __fmul_rn(logit, inv_t);
+}
+
 // The weight exp((l - max) / T) of a logit; 0 for non-finite ones, which are never picked.
 __device__ __forceinline__ float token_weight(float logit, float inv_t, float max_scaled) {
-    return isfinite(logit) ? __expf(logit * inv_t - max_scaled) : 0.0f;
+    return isfinite(logit) ? expf(scaled_logit(logit, inv_t) - max_scaled) : 0.0f;
 }
 
 // Counts (or sums the weights of) a row's tokens whose weight's bits are at least `bits`.
@@ -389,7 +397,7 @@ extern "C" __global__ void sample_rows(
     float local_max = -INFINITY;
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         float l = row[i];
-        if (isfinite(l)) local_max = fmaxf(local_max, l * inv_t);
+        if (isfinite(l)) local_max = fmaxf(local_max, scaled_logit(l, inv_t));
     }
     float max_scaled = block_max(local_max);
     if (!isfinite(max_scaled)) {  // no finite logit: what the CPU sampler does too
@@ -418,8 +426,10 @@ extern "C" __global__ void sample_rows(
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
         float w = token_weight(row[i], inv_t, max_scaled);
         if (w > 0.0f && __float_as_uint(w) >= threshold) {
-            // log(w) is the scaled logit minus the maximum.
-            float race = (row[i] * inv_t - max_scaled) - __logf(-__logf(uniform_open(seed, p.step, (unsigned int)i)));
+            // log(w) is the scaled logit minus the maximum; accurate logarithms, as the
+            // fast ones err near 1.
+            float race = (scaled_logit(row[i], inv_t) - max_scaled)
+                - logf(-logf(uniform_open(seed, p.step, (unsigned int)i)));
             if (race > best || (race == best && (unsigned int)i < best_i)) {
                 best = race;
                 best_i = i;
