@@ -407,7 +407,10 @@ def test_the_default_environment_filters_like_it_reads(traces):
                                  environment="default")["data"]] == ["t-env-default"]
 
 
+# Retention off: the events' fixed dates are months old, and the retention thread's first
+# pass (a few seconds after start) would delete them mid-test.
 PROJECTS = """traces:
+  retention_days: 0
   projects:
     - {id: shop, name: Shop, public_key: pk-shop, secret_key: sk-shop}
     - {id: blog, public_key: pk-blog, secret_key: sk-blog}
@@ -476,7 +479,8 @@ def start_agentbox(data_dir, *args: str):
 
 
 def test_every_acknowledged_event_survives_a_sigkill(tmp_path):
-    (tmp_path / "agentbox.yaml").write_text("models: []\n")
+    # Retention off, as for the module's server: the events' fixed dates are months old.
+    (tmp_path / "agentbox.yaml").write_text("models: []\ntraces: {retention_days: 0}\n")
     config = ("--config", str(tmp_path / "agentbox.yaml"))
     proc, url, log_path = start_agentbox(tmp_path, *config)
     acknowledged: list[str] = []  # trace ids whose batch got a 207 with no errors
