@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gpu_llama_check import SHAPES
+from llama_shapes import SHAPES
 
 
 def main():

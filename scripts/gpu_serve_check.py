@@ -34,11 +34,13 @@ import urllib.request
 
 import numpy as np
 
+from llama_shapes import SHAPES as LLAMA_SHAPES
+
 SHAPES = {
+    # Small enough to try the script on the CPU.
     "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                  num_attention_heads=8, num_key_value_heads=2, vocab_size=4000),
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-               num_attention_heads=32, num_key_value_heads=8, vocab_size=32000),
+    **LLAMA_SHAPES,
 }
 NEAR_TIE = 0.02
 NEW_TOKENS = 32

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use engine::backend::cuda::{AttentionShape, CudaBackend, CudaError, CudaSlice, sampling};
-use engine::sampling::DeviceSampling;
+use engine::sampling::{DeviceSampling, SamplingParams};
 use half::bf16;
 
 fn backend() -> Option<CudaBackend> {
@@ -404,50 +404,49 @@ fn wrong_shapes_are_errors_not_launches() {
     assert!(matches!(error, CudaError::BadShape(_)), "{error}");
 }
 
-/// The tokens the CPU sampler may draw from (`sampling/mod.rs`): temperature, top-k, min-p
-/// relative to the top token, then top-p over the probabilities normalised within the top-k.
+/// The tokens the CPU sampler may draw from.
 fn kept_by_the_cpu_sampler(logits: &[f32], p: &DeviceSampling) -> Vec<u32> {
-    let mut candidates: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.is_finite())
-        .map(|(i, &l)| (i as u32, l / p.temperature))
-        .collect();
-    candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if p.top_k > 0 {
-        candidates.truncate(p.top_k);
-    }
-    let max = candidates[0].1;
-    let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
-    let total: f32 = probs.iter().sum();
-    probs.iter_mut().for_each(|q| *q /= total);
-    if p.min_p > 0.0 {
-        let floor = probs[0] * p.min_p;
-        probs.truncate(probs.iter().take_while(|&&q| q >= floor).count().max(1));
-    }
-    if p.top_p < 1.0 {
-        let mut cumulative = 0.0;
-        for (i, q) in probs.iter().enumerate() {
-            cumulative += q;
-            if cumulative >= p.top_p {
-                probs.truncate(i + 1);
-                break;
-            }
-        }
-    }
-    candidates[..probs.len()].iter().map(|c| c.0).collect()
+    let params = SamplingParams {
+        temperature: p.temperature,
+        top_k: p.top_k,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        ..SamplingParams::default()
+    };
+    params
+        .candidates(logits)
+        .into_iter()
+        .map(|(token, _)| token)
+        .collect()
 }
 
-fn sample_on_gpu(
-    gpu: &CudaBackend,
-    logits: &[f32],
-    rows: &[DeviceSampling],
-    vocab: usize,
-) -> Vec<u32> {
+/// Temperature 1, nothing filtered out.
+const UNFILTERED: DeviceSampling = DeviceSampling {
+    temperature: 1.0,
+    top_k: 0,
+    top_p: 1.0,
+    min_p: 0.0,
+    seed: 0,
+    step: 0,
+};
+
+/// `draws` copies of `setting`, one per seed from `first_seed`.
+fn seeded(setting: DeviceSampling, first_seed: u64, draws: usize) -> Vec<DeviceSampling> {
+    (0..draws as u64)
+        .map(|i| DeviceSampling {
+            seed: first_seed + i,
+            ..setting
+        })
+        .collect()
+}
+
+/// One draw per entry of `rows`, each from the same `logits` row.
+fn sample_on_gpu(gpu: &CudaBackend, logits: &[f32], rows: &[DeviceSampling]) -> Vec<u32> {
+    let repeated: Vec<f32> = rows.iter().flat_map(|_| logits.iter().copied()).collect();
     let params = up(gpu, &sampling::pack(rows));
     let mut out = gpu.stream.alloc_zeros::<u32>(rows.len()).unwrap();
     gpu.kernels
-        .sample(&up(gpu, logits), &params, &mut out, vocab)
+        .sample(&up(gpu, &repeated), &params, &mut out, logits.len())
         .unwrap();
     down(gpu, &out)
 }
@@ -465,11 +464,8 @@ fn gpu_sampling_keeps_to_the_cpu_samplers_filters() {
         .collect();
     let base = DeviceSampling {
         temperature: 0.8,
-        top_k: 0,
-        top_p: 1.0,
-        min_p: 0.0,
         seed: 7,
-        step: 0,
+        ..UNFILTERED
     };
     let settings = [
         DeviceSampling { top_k: 40, ..base },
@@ -487,11 +483,8 @@ fn gpu_sampling_keeps_to_the_cpu_samplers_filters() {
     for setting in settings {
         let kept = kept_by_the_cpu_sampler(&row, &setting);
         // 256 draws: the same logits with seeds 0..256.
-        let rows: Vec<DeviceSampling> = (0..256)
-            .map(|seed| DeviceSampling { seed, ..setting })
-            .collect();
-        let logits: Vec<f32> = rows.iter().flat_map(|_| row.iter().copied()).collect();
-        let tokens = sample_on_gpu(&gpu, &logits, &rows, vocab);
+        let rows = seeded(setting, 0, 256);
+        let tokens = sample_on_gpu(&gpu, &row, &rows);
         for token in &tokens {
             assert!(
                 kept.contains(token),
@@ -506,11 +499,7 @@ fn gpu_sampling_keeps_to_the_cpu_samplers_filters() {
             );
         }
         // The same seed and step draw the same token again.
-        assert_eq!(
-            tokens,
-            sample_on_gpu(&gpu, &logits, &rows, vocab),
-            "{setting:?}"
-        );
+        assert_eq!(tokens, sample_on_gpu(&gpu, &row, &rows), "{setting:?}");
     }
     // Greedy is the argmax.
     let greedy = DeviceSampling {
@@ -518,7 +507,7 @@ fn gpu_sampling_keeps_to_the_cpu_samplers_filters() {
         ..base
     };
     assert_eq!(
-        sample_on_gpu(&gpu, &row, &[greedy], vocab),
+        sample_on_gpu(&gpu, &row, &[greedy]),
         vec![kept_by_the_cpu_sampler(&row, &DeviceSampling { top_k: 1, ..base })[0]]
     );
 }
@@ -533,18 +522,15 @@ fn gpu_sampling_draws_in_proportion_to_the_probabilities() {
         row[100 * i + 7] = p.ln();
     }
     let draws = 8192;
-    let rows: Vec<DeviceSampling> = (0..draws)
-        .map(|seed| DeviceSampling {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: 1000 + seed as u64,
+    let rows = seeded(
+        DeviceSampling {
             step: 3,
-        })
-        .collect();
-    let logits: Vec<f32> = rows.iter().flat_map(|_| row.iter().copied()).collect();
-    let tokens = sample_on_gpu(&gpu, &logits, &rows, vocab);
+            ..UNFILTERED
+        },
+        1000,
+        draws,
+    );
+    let tokens = sample_on_gpu(&gpu, &row, &rows);
     for (i, p) in probs.iter().enumerate() {
         let share = tokens
             .iter()
@@ -572,18 +558,7 @@ fn gpu_sampling_never_draws_a_negligible_token_from_a_large_vocabulary() {
     // 512 rows of 151,936 logits (311 MB): the old draw, which could be exactly 1, put a
     // stray in about 1% of draws.
     let draws = 512;
-    let rows: Vec<DeviceSampling> = (0..draws)
-        .map(|seed| DeviceSampling {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: seed as u64,
-            step: 0,
-        })
-        .collect();
-    let logits: Vec<f32> = rows.iter().flat_map(|_| row.iter().copied()).collect();
-    let tokens = sample_on_gpu(&gpu, &logits, &rows, vocab);
+    let tokens = sample_on_gpu(&gpu, &row, &seeded(UNFILTERED, 0, draws));
     let strays = tokens.iter().filter(|&&t| t != 0).count();
     assert_eq!(
         strays, 0,

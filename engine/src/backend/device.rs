@@ -83,14 +83,14 @@ impl DeviceRequest {
                 fallback_reason: None,
             }),
             Self::Cuda(ordinal) => {
-                let gpu = usable_gpu(ordinal)?;
+                let gpu = cuda::probe(ordinal)?;
                 Ok(ResolvedDevice {
                     device: Device::Cuda(ordinal),
                     gpu: Some(gpu),
                     fallback_reason: None,
                 })
             }
-            Self::Auto => match usable_gpu(0) {
+            Self::Auto => match cuda::probe(0) {
                 Ok(gpu) => Ok(ResolvedDevice {
                     device: Device::Cuda(0),
                     gpu: Some(gpu),
@@ -104,19 +104,6 @@ impl DeviceRequest {
             },
         }
     }
-}
-
-/// A GPU the driver opens and whose architecture our kernels target.
-fn usable_gpu(ordinal: usize) -> Result<cuda::GpuInfo, cuda::CudaError> {
-    let gpu = cuda::probe(ordinal)?;
-    let (major, minor) = gpu.compute_capability;
-    if cuda::kernels::arch_name(major, minor).is_none() {
-        return Err(cuda::CudaError::Unavailable(format!(
-            "{} has compute capability {major}.{minor}, which the kernels do not target",
-            gpu.name
-        )));
-    }
-    Ok(gpu)
 }
 
 #[cfg(test)]

@@ -204,45 +204,64 @@ impl Sampler {
     }
 
     fn sample_random(&mut self, logits: &[f32]) -> u32 {
-        let p = &self.params;
+        let kept = self.params.candidates(logits);
+        if kept.is_empty() {
+            return crate::model::llama::argmax(logits);
+        }
+        match WeightedIndex::new(kept.iter().map(|&(_, q)| q)) {
+            Ok(dist) => kept[dist.sample(&mut self.rng)].0,
+            Err(_) => kept[0].0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// The tokens a random draw may pick from `logits` (after penalties), most likely
+    /// first, with their probabilities: temperature, then top-k, then min-p relative to the
+    /// top token, then top-p, with probabilities normalised within the top-k. Empty when
+    /// no logit is finite. The GPU sampler keeps the same set (`backend/cuda/kernels`).
+    pub fn candidates(&self, logits: &[f32]) -> Vec<(u32, f32)> {
         let mut candidates: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
             .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l / p.temperature))
+            .map(|(i, &l)| (i as u32, l / self.temperature))
             .collect();
         if candidates.is_empty() {
-            return crate::model::llama::argmax(logits);
+            return candidates;
         }
         candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
-            candidates.truncate(p.top_k);
+        if self.top_k > 0 {
+            candidates.truncate(self.top_k);
         }
         let max = candidates[0].1;
-        let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
-        let total: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= total);
-        if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p;
-            let keep = probs.iter().take_while(|&&q| q >= floor).count().max(1);
-            probs.truncate(keep);
+        for c in candidates.iter_mut() {
+            c.1 = (c.1 - max).exp();
         }
-        if p.top_p < 1.0 {
+        let total: f32 = candidates.iter().map(|c| c.1).sum();
+        candidates.iter_mut().for_each(|c| c.1 /= total);
+        if self.min_p > 0.0 {
+            let floor = candidates[0].1 * self.min_p;
+            let keep = candidates
+                .iter()
+                .take_while(|c| c.1 >= floor)
+                .count()
+                .max(1);
+            candidates.truncate(keep);
+        }
+        if self.top_p < 1.0 {
             let mut cumulative = 0.0;
-            let mut keep = probs.len();
-            for (i, q) in probs.iter().enumerate() {
-                cumulative += q;
-                if cumulative >= p.top_p {
+            let mut keep = candidates.len();
+            for (i, c) in candidates.iter().enumerate() {
+                cumulative += c.1;
+                if cumulative >= self.top_p {
                     keep = i + 1;
                     break;
                 }
             }
-            probs.truncate(keep);
+            candidates.truncate(keep);
         }
-        match WeightedIndex::new(&probs) {
-            Ok(dist) => candidates[dist.sample(&mut self.rng)].0,
-            Err(_) => candidates[0].0,
-        }
+        candidates
     }
 }
 

@@ -63,7 +63,8 @@ pub struct GpuInfo {
     pub total_memory: usize,
 }
 
-/// Checks that the driver, NVRTC and cuBLAS libraries load and that GPU `ordinal` exists.
+/// Checks that the driver, NVRTC and cuBLAS libraries load, that GPU `ordinal` exists, and
+/// that the kernels target its architecture.
 pub fn probe(ordinal: usize) -> Result<GpuInfo, CudaError> {
     // SAFETY: each check only tries to dlopen the library by its known names.
     let (driver, blas) = unsafe {
@@ -95,12 +96,27 @@ pub fn probe(ordinal: usize) -> Result<GpuInfo, CudaError> {
         )));
     }
     let ctx = CudaContext::new(ordinal)?;
-    Ok(GpuInfo {
+    let info = GpuInfo {
         ordinal,
         name: ctx.name()?,
         compute_capability: ctx.compute_capability()?,
         total_memory: ctx.total_mem()?,
-    })
+    };
+    info.arch()?;
+    Ok(info)
+}
+
+impl GpuInfo {
+    /// The `sm_XY` the kernels are compiled for on this GPU.
+    fn arch(&self) -> Result<&'static str, CudaError> {
+        let (major, minor) = self.compute_capability;
+        kernels::arch_name(major, minor).ok_or_else(|| {
+            CudaError::Unavailable(format!(
+                "{} has compute capability {major}.{minor}, which the kernels do not target",
+                self.name
+            ))
+        })
+    }
 }
 
 /// An open GPU: its context, the stream everything runs on, kernels and cuBLAS.
@@ -115,13 +131,7 @@ impl CudaBackend {
     /// Opens GPU `ordinal` and compiles the kernels for its architecture.
     pub fn open(ordinal: usize) -> Result<Self, CudaError> {
         let info = probe(ordinal)?;
-        let (major, minor) = info.compute_capability;
-        let arch = kernels::arch_name(major, minor).ok_or_else(|| {
-            CudaError::Unavailable(format!(
-                "{} has compute capability {major}.{minor}, which the kernels do not target",
-                info.name
-            ))
-        })?;
+        let arch = info.arch()?;
         let ctx = CudaContext::new(ordinal)?;
         let stream = ctx.default_stream();
         let module = ctx.load_module(kernels::compile(arch)?)?;

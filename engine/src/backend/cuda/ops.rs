@@ -428,21 +428,12 @@ impl Kernels {
         out: &mut CudaSlice<u32>,
         vocab: usize,
     ) -> Result<(), CudaError> {
-        check(vocab > 0 && logits.len() == out.len() * vocab, || {
-            format!("logits {} for {} rows of {vocab}", logits.len(), out.len())
-        })?;
-        if out.is_empty() {
+        let Some((cfg, vocab_arg)) = per_logit_row(logits, out, vocab)? else {
             return Ok(());
-        }
-        let vocab_arg = int(vocab, "vocab")?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid(out.len(), "rows")?, 1, 1),
-            block_dim: (1024, 1, 1),
-            shared_mem_bytes: 0,
         };
         let mut launch = self.stream.launch_builder(&self.argmax_f32);
         launch.arg(logits).arg(out).arg(&vocab_arg);
-        // SAFETY: the argument list matches the kernel; sizes are checked above.
+        // SAFETY: the argument list matches the kernel; sizes are checked.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
@@ -456,26 +447,38 @@ impl Kernels {
         out: &mut CudaSlice<u32>,
         vocab: usize,
     ) -> Result<(), CudaError> {
-        check(vocab > 0 && logits.len() == out.len() * vocab, || {
-            format!("logits {} for {} rows of {vocab}", logits.len(), out.len())
-        })?;
         check(
             params.len() == out.len() * super::sampling::WORDS_PER_ROW,
             || format!("{} parameter words for {} rows", params.len(), out.len()),
         )?;
-        if out.is_empty() {
+        let Some((cfg, vocab_arg)) = per_logit_row(logits, out, vocab)? else {
             return Ok(());
-        }
-        let vocab_arg = int(vocab, "vocab")?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid(out.len(), "rows")?, 1, 1),
-            block_dim: (1024, 1, 1),
-            shared_mem_bytes: 0,
         };
         let mut launch = self.stream.launch_builder(&self.sample_rows);
         launch.arg(logits).arg(params).arg(out).arg(&vocab_arg);
-        // SAFETY: the argument list matches the kernel; sizes are checked above.
+        // SAFETY: the argument list matches the kernel; sizes are checked.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
+}
+
+/// The launch of a kernel that picks one token per row of `[out.len(), vocab]` logits (one
+/// 1024-thread block per row), after checking the sizes; `None` when there are no rows.
+fn per_logit_row(
+    logits: &CudaSlice<f32>,
+    out: &CudaSlice<u32>,
+    vocab: usize,
+) -> Result<Option<(LaunchConfig, i32)>, CudaError> {
+    check(vocab > 0 && logits.len() == out.len() * vocab, || {
+        format!("logits {} for {} rows of {vocab}", logits.len(), out.len())
+    })?;
+    if out.is_empty() {
+        return Ok(None);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (grid(out.len(), "rows")?, 1, 1),
+        block_dim: (1024, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    Ok(Some((cfg, int(vocab, "vocab")?)))
 }
