@@ -154,7 +154,15 @@ def post_all(port: int, path: str, content_type: str, bodies: list[bytes], clien
         t.start()
     for t in threads:
         t.join()
+    # Sustained means queryable: a read waits until every acknowledged event is folded
+    # into the store, and the clock stops after it.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    conn.request("GET", "/api/public/traces?limit=1", headers={"Authorization": auth})
+    response = conn.getresponse()
+    response.read()
     elapsed = time.perf_counter() - started
+    if response.status != 200:
+        raise SystemExit(f"the read after ingestion failed: {response.status}")
     if failures:
         raise SystemExit(f"{len(failures)} failed posts, first: {failures[0]}")
     return elapsed

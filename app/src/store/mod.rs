@@ -4,6 +4,7 @@
 //! at start and hold the same tables; spend and trace writes go through one writer
 //! thread (`writer.rs`) whatever the backend.
 
+mod ingest_log;
 mod postgres;
 mod records;
 mod sqlite;
@@ -70,6 +71,14 @@ impl Store {
             Backend::Sqlite(db) => Box::new(db.sink()?),
             Backend::Postgres(db) => Box::new(db.sink()),
         })
+    }
+
+    /// The ingestion log's file: SQLite's only (Postgres is written directly).
+    fn ingest_log_path(&self) -> Option<std::path::PathBuf> {
+        match &self.backend {
+            Backend::Sqlite(db) => Some(db.ingest_log_path()),
+            Backend::Postgres(_) => None,
+        }
     }
 
     /// Flushes what the backend buffers; called at shutdown.

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Milliseconds in a UTC day: daily metrics and prices go by UTC day.
@@ -11,7 +12,8 @@ pub(super) const DAY_MS: i64 = 86_400_000;
 
 /// A JSON value as the store keeps it: its text, serialized where the event was parsed
 /// (on the request's thread), so that the writer thread only binds strings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct JsonText(String);
 
 impl JsonText {
@@ -38,7 +40,7 @@ impl From<Value> for JsonText {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TraceUpsert {
     pub id: String,
     pub timestamp: Option<i64>,
@@ -55,7 +57,7 @@ pub struct TraceUpsert {
     pub public: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ObservationUpsert {
     pub id: String,
     pub trace_id: String,
@@ -84,7 +86,7 @@ pub struct ObservationUpsert {
     pub provided_cost: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScoreUpsert {
     pub id: String,
     pub trace_id: Option<String>,
@@ -100,7 +102,7 @@ pub struct ScoreUpsert {
     pub metadata: Option<JsonText>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TraceEvent {
     Trace(TraceUpsert),
     Observation(Box<ObservationUpsert>),
@@ -108,7 +110,7 @@ pub enum TraceEvent {
 }
 
 /// One event for a project; `event_id` dedupes (Langfuse's batch `id`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ingest {
     pub project: String,
     pub event_id: Option<String>,

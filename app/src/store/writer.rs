@@ -6,6 +6,12 @@
 //! The queue is bounded: a full queue drops spend rows (counted in
 //! `agentbox_spend_log_dropped_total`) and refuses ingestion (the caller answers 503), so
 //! memory never grows without bound.
+//!
+//! On SQLite, ingestion goes through the ingestion log first (`ingest_log.rs`): it is
+//! answered once appended there, and reaches this thread as `Logged` events, which are
+//! gathered into large transactions (up to `BATCH_ITEMS`) and never dropped: a failing
+//! fold is retried until it succeeds, since the log still holds them. Reads of traces call
+//! `caught_up` first, so they see every event acknowledged before them.
 
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -15,15 +21,21 @@ use anyhow::Context;
 use tokio::sync::oneshot;
 
 use super::Store;
+use super::ingest_log::{self, Append, IngestLog, Progress};
 use super::records::{Ingest, SpendRecord};
 use crate::pricing::PriceTable;
 
 /// Messages waiting for the writer at most.
 const QUEUE_CAPACITY: usize = 50_000;
 /// Spend rows or trace events per transaction, about.
-const BATCH_ITEMS: usize = 5_000;
-/// How long spend rows are gathered after the first, when nobody waits on the commit.
+const BATCH_ITEMS: usize = 20_000;
+/// How long spend rows and logged events are gathered after the first, when nobody waits
+/// on the commit.
 const GATHER: Duration = Duration::from_millis(50);
+/// Ingestion requests waiting to be appended to the ingestion log, at most.
+const APPEND_QUEUE: usize = 1_000;
+/// How long a read waits for acknowledged events to be folded before it answers anyway.
+const CATCH_UP: Duration = Duration::from_secs(10);
 /// Waits between the tries of a failing spend batch.
 const RETRY_DELAYS: &[Duration] = &[
     Duration::from_millis(100),
@@ -35,6 +47,9 @@ const RETRY_DELAYS: &[Duration] = &[
 pub(super) trait Sink: Send + 'static {
     /// Writes spend rows and trace events in one durable transaction. Returns, per
     /// awaited ingest batch, whether each event was new (not a duplicate event id).
+    /// `log_seq`: the events include the ingestion log's rows through this `seq`, which
+    /// the same transaction records as the store's log position.
+    #[allow(clippy::too_many_arguments)]
     fn write(
         &mut self,
         spend: &[SpendRecord],
@@ -42,17 +57,38 @@ pub(super) trait Sink: Send + 'static {
         ingests: &[&[Ingest]],
         prices: &PriceTable,
         now: i64,
+        log_seq: Option<u64>,
     ) -> anyhow::Result<Vec<Vec<bool>>>;
+
+    /// The last ingestion log `seq` this store folded (0: none).
+    fn log_position(&mut self) -> anyhow::Result<u64>;
 }
 
 type IngestReply = oneshot::Sender<Result<Vec<bool>, String>>;
 
-enum Message {
+pub(super) enum Message {
     Spend(Box<SpendRecord>),
     /// Trace events nobody waits on (automatic traces).
     Traces(Vec<Ingest>),
     Ingest(Vec<Ingest>, IngestReply),
-    Flush(mpsc::Sender<()>),
+    /// Acknowledged events from the ingestion log, through this `seq`.
+    Logged(Vec<Ingest>, u64),
+    Flush(Flushed),
+}
+
+/// Whom to tell that everything queued before a flush is written.
+pub(super) enum Flushed {
+    Thread(mpsc::Sender<()>),
+    Task(oneshot::Sender<()>),
+}
+
+impl Flushed {
+    fn send(self) {
+        match self {
+            Self::Thread(done) => drop(done.send(())),
+            Self::Task(done) => drop(done.send(())),
+        }
+    }
 }
 
 /// Why ingestion was not stored.
@@ -67,8 +103,16 @@ pub enum IngestError {
 #[derive(Clone)]
 pub struct Writer {
     sender: SyncSender<Message>,
+    /// SQLite: ingestion goes through the ingestion log.
+    log: Option<LogSide>,
     dropped: prometheus::IntCounter,
     traces_dropped: prometheus::IntCounter,
+}
+
+#[derive(Clone)]
+struct LogSide {
+    appender: SyncSender<Append>,
+    progress: Arc<Progress>,
 }
 
 impl Writer {
@@ -78,7 +122,7 @@ impl Writer {
         prices: Arc<PriceTable>,
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Self> {
-        let sink = store.writer_sink()?;
+        let mut sink = store.writer_sink()?;
         let dropped = prometheus::IntCounter::new(
             "agentbox_spend_log_dropped_total",
             "Spend-log rows dropped because the writer's queue was full or the disk failed.",
@@ -90,16 +134,33 @@ impl Writer {
         )?;
         registry.register(Box::new(traces_dropped.clone()))?;
         let (sender, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let log = match store.ingest_log_path() {
+            Some(path) => {
+                let mut log = IngestLog::open(&path)?;
+                ingest_log::recover(&mut log, sink.as_mut(), &prices)?;
+                let progress = Arc::new(Progress::default());
+                let (appender, requests) = mpsc::sync_channel(APPEND_QUEUE);
+                let (writer, shared) = (sender.clone(), progress.clone());
+                std::thread::Builder::new()
+                    .name("store-log".into())
+                    .spawn(move || ingest_log::run_appender(log, requests, writer, shared))
+                    .context("starting the ingestion log")?;
+                Some(LogSide { appender, progress })
+            }
+            None => None,
+        };
         let thread_dropped = dropped.clone();
+        let progress = log.as_ref().map(|log| log.progress.clone());
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
                 lower_priority();
-                run(sink, receiver, prices, thread_dropped)
+                run(sink, receiver, prices, thread_dropped, progress)
             })
             .context("starting the store writer")?;
         Ok(Self {
             sender,
+            log,
             dropped,
             traces_dropped,
         })
@@ -127,12 +188,28 @@ impl Writer {
         }
     }
 
-    /// Stores trace events durably; per event, whether it was new (not a duplicate id).
+    /// Stores trace events durably; per event, whether it was new (not a duplicate id;
+    /// through the ingestion log, every event counts as new: duplicates are skipped when
+    /// it is folded).
     pub async fn ingest(&self, batch: Vec<Ingest>) -> Result<Vec<bool>, IngestError> {
         let (reply, answer) = oneshot::channel();
-        self.sender
-            .try_send(Message::Ingest(batch, reply))
-            .map_err(|_| IngestError::Busy)?;
+        match &self.log {
+            Some(log) => {
+                let encoded = serde_json::to_vec(&batch)
+                    .map_err(|e| IngestError::Failed(format!("encoding events: {e}")))?;
+                log.appender
+                    .try_send(Append {
+                        encoded,
+                        events: batch,
+                        reply,
+                    })
+                    .map_err(|_| IngestError::Busy)?;
+            }
+            None => self
+                .sender
+                .try_send(Message::Ingest(batch, reply))
+                .map_err(|_| IngestError::Busy)?,
+        }
         match answer.await {
             Ok(Ok(applied)) => Ok(applied),
             Ok(Err(message)) => Err(IngestError::Failed(message)),
@@ -143,10 +220,36 @@ impl Writer {
     /// Waits (up to `timeout`) until everything queued before this call is written.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (done, wait) = mpsc::channel();
-        if self.sender.send(Message::Flush(done)).is_err() {
+        if self
+            .sender
+            .send(Message::Flush(Flushed::Thread(done)))
+            .is_err()
+        {
             return false;
         }
         wait.recv_timeout(timeout).is_ok()
+    }
+
+    /// Waits until every ingestion acknowledged before this call is folded into the
+    /// store, so that a read sees it (at once when none waits; at most `CATCH_UP`).
+    pub async fn caught_up(&self) {
+        let Some(log) = &self.log else {
+            return;
+        };
+        if !log.progress.behind() {
+            return;
+        }
+        let (done, wait) = oneshot::channel();
+        if self
+            .sender
+            .try_send(Message::Flush(Flushed::Task(done)))
+            .is_err()
+        {
+            return;
+        }
+        if tokio::time::timeout(CATCH_UP, wait).await.is_err() {
+            tracing::warn!("a trace read did not wait longer for ingestion to be folded");
+        }
     }
 }
 
@@ -173,7 +276,10 @@ struct Batch {
     traces: Vec<Ingest>,
     ingests: Vec<(Vec<Ingest>, IngestReply)>,
     events: usize,
-    flushes: Vec<mpsc::Sender<()>>,
+    /// How many of `traces` came from the ingestion log, and through which `seq`.
+    logged: usize,
+    log_seq: Option<u64>,
+    flushes: Vec<Flushed>,
 }
 
 impl Batch {
@@ -184,6 +290,11 @@ impl Batch {
             Message::Ingest(events, reply) => {
                 self.events += events.len();
                 self.ingests.push((events, reply));
+            }
+            Message::Logged(events, seq) => {
+                self.logged += events.len();
+                self.traces.extend(events);
+                self.log_seq = Some(seq);
             }
             Message::Flush(done) => self.flushes.push(done),
         }
@@ -204,6 +315,7 @@ fn run(
     receiver: Receiver<Message>,
     prices: Arc<PriceTable>,
     dropped: prometheus::IntCounter,
+    progress: Option<Arc<Progress>>,
 ) {
     loop {
         let mut batch = Batch::default();
@@ -225,7 +337,7 @@ fn run(
                 None => break,
             }
         }
-        commit(sink.as_mut(), batch, &prices, &dropped);
+        commit(sink.as_mut(), batch, &prices, &dropped, progress.as_deref());
     }
 }
 
@@ -234,6 +346,7 @@ fn commit(
     batch: Batch,
     prices: &PriceTable,
     dropped: &prometheus::IntCounter,
+    progress: Option<&Progress>,
 ) {
     let now = crate::clock::unix_ms();
     let mut delays = RETRY_DELAYS.iter();
@@ -241,19 +354,34 @@ fn commit(
         spend,
         traces,
         mut ingests,
+        logged,
+        log_seq,
         flushes,
         ..
     } = batch;
     loop {
         let awaited: Vec<&[Ingest]> = ingests.iter().map(|(events, _)| &events[..]).collect();
-        let result = sink.write(&spend, &traces, &awaited, prices, now);
+        let result = sink.write(&spend, &traces, &awaited, prices, now, log_seq);
         drop(awaited);
         match result {
             Ok(applied) => {
                 for ((_, reply), applied) in ingests.drain(..).zip(applied) {
                     let _ = reply.send(Ok(applied));
                 }
+                if let (Some(seq), Some(progress)) = (log_seq, progress) {
+                    progress.folded(seq, logged);
+                }
                 break;
+            }
+            Err(error) if log_seq.is_some() => {
+                // Acknowledged events are never dropped: the log holds them, so the fold
+                // is retried until the store takes it (ingestion backs up meanwhile).
+                for (_, reply) in ingests.drain(..) {
+                    let _ = reply.send(Err(format!("{error:#}")));
+                }
+                let delay = delays.next().or(RETRY_DELAYS.last()).copied();
+                tracing::error!("folding acknowledged trace events failed, retrying: {error:#}");
+                std::thread::sleep(delay.unwrap_or(Duration::from_secs(2)));
             }
             Err(error) => {
                 // Ingestion callers get the error now and may retry; spend rows are
@@ -284,6 +412,6 @@ fn commit(
         }
     }
     for done in flushes {
-        let _ = done.send(());
+        done.send();
     }
 }

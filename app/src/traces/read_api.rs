@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use super::api::{authenticate, error};
 use super::ingest::parse_time;
 use crate::clock::rfc3339_ms;
+use crate::config::ProjectConfig;
 use crate::state::AppState;
 use crate::store::{ObservationFilter, StoredObservation, StoredScore, StoredTrace, TraceFilter};
 
@@ -258,12 +259,20 @@ macro_rules! try_response {
     };
 }
 
+/// The caller's project, once every event acknowledged before this read is queryable
+/// (ingestion is answered when logged, and folded into the store soon after).
+async fn reading(state: &AppState, headers: &HeaderMap) -> Result<ProjectConfig, Response> {
+    let project = authenticate(state, headers).map_err(|r| *r)?;
+    state.ledger.writer.caught_up().await;
+    Ok(project)
+}
+
 pub async fn list_traces(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let project = try_response!(authenticate(&state, &headers).map_err(|r| *r));
+    let project = try_response!(reading(&state, &headers).await);
     let query = Query::parse(raw);
     let (page, limit) = try_response!(query.page());
     let filter = try_response!(trace_filter(&query));
@@ -298,7 +307,7 @@ pub async fn get_trace(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let project = try_response!(authenticate(&state, &headers).map_err(|r| *r));
+    let project = try_response!(reading(&state, &headers).await);
     match state.store.get_trace(project.id.clone(), id).await {
         Ok(Some((trace, observations, scores))) => {
             let mut out = trace_json(&project.id, &trace);
@@ -319,7 +328,7 @@ pub async fn list_observations(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let project = try_response!(authenticate(&state, &headers).map_err(|r| *r));
+    let project = try_response!(reading(&state, &headers).await);
     let query = Query::parse(raw);
     let (page, limit) = try_response!(query.page());
     let filter = ObservationFilter {
@@ -351,7 +360,7 @@ pub async fn get_observation(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let project = try_response!(authenticate(&state, &headers).map_err(|r| *r));
+    let project = try_response!(reading(&state, &headers).await);
     match state.store.get_observation(project.id, id).await {
         Ok(Some(o)) => Json(observation_json(&o)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "Observation not found"),
@@ -364,7 +373,7 @@ pub async fn list_sessions(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let project = try_response!(authenticate(&state, &headers).map_err(|r| *r));
+    let project = try_response!(reading(&state, &headers).await);
     let query = Query::parse(raw);
     let (page, limit) = try_response!(query.page());
     let from = try_response!(query.time("fromTimestamp"));
@@ -393,7 +402,7 @@ pub async fn get_session(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let project = try_response!(authenticate(&state, &headers).map_err(|r| *r));
+    let project = try_response!(reading(&state, &headers).await);
     let filter = TraceFilter {
         session_id: Some(id.clone()),
         ..TraceFilter::default()
@@ -426,7 +435,7 @@ pub async fn daily_metrics(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let project = try_response!(authenticate(&state, &headers).map_err(|r| *r));
+    let project = try_response!(reading(&state, &headers).await);
     let query = Query::parse(raw);
     let (page, limit) = try_response!(query.page());
     let filter = try_response!(trace_filter(&query));

@@ -26,7 +26,10 @@ impl writer::Sink for Sink {
         ingests: &[&[Ingest]],
         prices: &PriceTable,
         now: i64,
+        log_seq: Option<u64>,
     ) -> anyhow::Result<Vec<Vec<bool>>> {
+        // Postgres stores ingestion directly: the ingestion log is SQLite's.
+        anyhow::ensure!(log_seq.is_none(), "Postgres has no ingestion log");
         self.db.block_on(async {
             let mut tx = self
                 .db
@@ -47,5 +50,9 @@ impl writer::Sink for Sink {
             tx.commit().await.context("committing")?;
             Ok(applied)
         })
+    }
+
+    fn log_position(&mut self) -> anyhow::Result<u64> {
+        Ok(0)
     }
 }

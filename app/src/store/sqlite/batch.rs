@@ -1,6 +1,7 @@
 //! The writer thread's SQLite connection (`synchronous=FULL`: a commit is on disk when it
 //! returns): one transaction per batch of spend rows and trace events. Its WAL is
-//! checkpointed by `checkpoint.rs`, off the writer thread.
+//! checkpointed by `checkpoint.rs`, off the writer thread. A fold of the ingestion log
+//! records its position (`ingest_log_position`) in the same transaction.
 
 use std::path::Path;
 use std::time::Duration;
@@ -46,6 +47,7 @@ impl writer::Sink for Sink {
         ingests: &[&[Ingest]],
         prices: &PriceTable,
         now: i64,
+        log_seq: Option<u64>,
     ) -> anyhow::Result<Vec<Vec<bool>>> {
         let tx = self.connection.transaction()?;
         spend::insert(&tx, spend)?;
@@ -58,8 +60,20 @@ impl writer::Sink for Sink {
         let mut batches = vec![traces];
         batches.extend_from_slice(ingests);
         rollup::refresh(&tx, &touched_traces(&batches))?;
+        if let Some(seq) = log_seq {
+            tx.prepare_cached("UPDATE ingest_log_position SET seq = ?1")?
+                .execute([seq as i64])?;
+        }
         tx.commit().context("committing")?;
         self.checkpointer.nudge();
         Ok(applied)
+    }
+
+    fn log_position(&mut self) -> anyhow::Result<u64> {
+        let seq: i64 = self
+            .connection
+            .query_row("SELECT seq FROM ingest_log_position", [], |r| r.get(0))
+            .context("reading the ingestion log position")?;
+        Ok(seq as u64)
     }
 }

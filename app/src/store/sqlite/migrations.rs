@@ -160,6 +160,12 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 5: per-day totals for daily metrics, kept by the writer.
     super::rollup::MIGRATION,
+    // 6: the last ingestion log row folded into the store (`store/ingest_log.rs`).
+    "CREATE TABLE ingest_log_position (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        seq INTEGER NOT NULL
+    );
+    INSERT INTO ingest_log_position (id, seq) VALUES (0, 0);",
 ];
 
 pub fn run(connection: &mut Connection) -> anyhow::Result<()> {

@@ -75,6 +75,11 @@ impl Db {
         format!("SQLite at {}", self.path.display())
     }
 
+    /// Where the ingestion log lives: beside the database.
+    pub fn ingest_log_path(&self) -> PathBuf {
+        self.path.with_file_name("ingest-log.db")
+    }
+
     /// The writer thread's own connection.
     pub fn sink(&self) -> anyhow::Result<Sink> {
         Sink::open(&self.path)

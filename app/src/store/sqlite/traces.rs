@@ -75,25 +75,7 @@ fn upsert_trace(
         .tags
         .as_ref()
         .map(|tags| Value::from(tags.clone()).to_string());
-    tx.prepare_cached(
-        "INSERT INTO traces (project_id, id, timestamp, name, user_id, session_id, release,
-            version, environment, tags, input, output, metadata, public, updated_at)
-         VALUES (?1, ?2, COALESCE(?3, ?15), ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-         ON CONFLICT (project_id, id) DO UPDATE SET
-            timestamp = COALESCE(?3, timestamp),
-            name = COALESCE(?4, name), user_id = COALESCE(?5, user_id),
-            session_id = COALESCE(?6, session_id), release = COALESCE(?7, release),
-            version = COALESCE(?8, version), environment = COALESCE(?9, environment),
-            tags = CASE WHEN ?10 IS NULL THEN tags ELSE (
-                SELECT json_group_array(value) FROM (
-                    SELECT value FROM json_each(COALESCE(tags, '[]'))
-                    UNION SELECT value FROM json_each(?10) ORDER BY value)) END,
-            input = COALESCE(?11, input), output = COALESCE(?12, output),
-            metadata = CASE WHEN ?13 IS NULL THEN metadata
-                WHEN metadata IS NULL THEN ?13 ELSE json_patch(metadata, ?13) END,
-            public = COALESCE(?14, public), updated_at = ?15",
-    )?
-    .execute(params![
+    let values = params![
         project,
         t.id,
         t.timestamp,
@@ -109,8 +91,38 @@ fn upsert_trace(
         json(&t.metadata),
         t.public,
         now
-    ])
-    .context("upserting a trace")?;
+    ];
+    // A new trace is one plain insert (see `upsert_observation`); a known one is merged.
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO traces (project_id, id, timestamp, name, user_id, session_id,
+                release, version, environment, tags, input, output, metadata, public, updated_at)
+             VALUES (?1, ?2, COALESCE(?3, ?15), ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                ?15)",
+        )?
+        .execute(values)
+        .context("inserting a trace")?;
+    if inserted == 1 {
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "UPDATE traces SET
+            timestamp = COALESCE(?3, timestamp),
+            name = COALESCE(?4, name), user_id = COALESCE(?5, user_id),
+            session_id = COALESCE(?6, session_id), release = COALESCE(?7, release),
+            version = COALESCE(?8, version), environment = COALESCE(?9, environment),
+            tags = CASE WHEN ?10 IS NULL THEN tags ELSE (
+                SELECT json_group_array(value) FROM (
+                    SELECT value FROM json_each(COALESCE(tags, '[]'))
+                    UNION SELECT value FROM json_each(?10) ORDER BY value)) END,
+            input = COALESCE(?11, input), output = COALESCE(?12, output),
+            metadata = CASE WHEN ?13 IS NULL THEN metadata
+                WHEN metadata IS NULL THEN ?13 ELSE json_patch(metadata, ?13) END,
+            public = COALESCE(?14, public), updated_at = ?15
+         WHERE project_id = ?1 AND id = ?2",
+    )?
+    .execute(values)
+    .context("updating a trace")?;
     Ok(())
 }
 
@@ -141,9 +153,57 @@ fn upsert_observation(
     prices: &PriceTable,
     now: i64,
 ) -> anyhow::Result<()> {
-    // The event alone prices a new row; the merged row the upsert returns is priced again
-    // below where that differs (model and usage came in separate events).
+    // A new observation (the usual case) is one plain insert, priced by the event alone.
+    // `OR IGNORE` only meets the primary key here (every NOT NULL column is bound or
+    // defaulted), and it spares SQLite the statement journal and the RETURNING table an
+    // upsert needs.
     let own_cost = own_cost(prices, o, now);
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO observations (project_id, id, trace_id, type,
+                parent_observation_id, name, start_time, end_time, completion_start_time, model,
+                model_parameters, input, output, metadata, level, status_message, version,
+                environment, usage_input, usage_output, usage_total, usage_details, cost_details,
+                provided_cost, updated_at, calculated_input_cost, calculated_output_cost)
+             VALUES (?1, ?2, ?3, COALESCE(?4, 'SPAN'), ?5, ?6, COALESCE(?7, ?25), ?8, ?9, ?10,
+                ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26,
+                ?27)",
+        )?
+        .execute(params![
+            project,
+            o.id,
+            o.trace_id,
+            o.kind,
+            o.parent_observation_id,
+            o.name,
+            o.start_time,
+            o.end_time,
+            o.completion_start_time,
+            o.model,
+            json(&o.model_parameters),
+            json(&o.input),
+            json(&o.output),
+            json(&o.metadata),
+            o.level,
+            o.status_message,
+            o.version,
+            o.environment,
+            to_i64(o.usage_input),
+            to_i64(o.usage_output),
+            to_i64(o.usage_total),
+            json(&o.usage_details),
+            json(&o.cost_details),
+            o.provided_cost,
+            now,
+            own_cost.map(|c| c.0),
+            own_cost.map(|c| c.1),
+        ])
+        .context("inserting an observation")?;
+    if inserted == 1 {
+        return Ok(());
+    }
+    // An update merges into the stored row (a field the event leaves out keeps its value);
+    // the merged row is priced again where model and usage came in separate events.
     // (model, input tokens, output tokens, start time, calculated input and output cost)
     type Merged = (
         Option<String>,
@@ -155,32 +215,25 @@ fn upsert_observation(
     );
     let merged: Merged = tx
         .prepare_cached(
-            "INSERT INTO observations (project_id, id, trace_id, type, parent_observation_id,
-                name, start_time, end_time, completion_start_time, model, model_parameters,
-                input, output, metadata, level, status_message, version, environment,
-                usage_input, usage_output, usage_total, usage_details, cost_details,
-                provided_cost, updated_at, calculated_input_cost, calculated_output_cost)
-             VALUES (?1, ?2, ?3, COALESCE(?4, 'SPAN'), ?5, ?6, COALESCE(?7, ?25), ?8, ?9, ?10,
-                ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26,
-                ?27)
-             ON CONFLICT (project_id, id) DO UPDATE SET
-                type = COALESCE(?4, type),
-                parent_observation_id = COALESCE(?5, parent_observation_id),
-                name = COALESCE(?6, name), start_time = COALESCE(?7, start_time),
-                end_time = COALESCE(?8, end_time),
-                completion_start_time = COALESCE(?9, completion_start_time),
-                model = COALESCE(?10, model), model_parameters = COALESCE(?11, model_parameters),
-                input = COALESCE(?12, input), output = COALESCE(?13, output),
-                metadata = CASE WHEN ?14 IS NULL THEN metadata
-                    WHEN metadata IS NULL THEN ?14 ELSE json_patch(metadata, ?14) END,
-                level = COALESCE(?15, level),
-                status_message = COALESCE(?16, status_message), version = COALESCE(?17, version),
-                environment = COALESCE(?18, environment),
-                usage_input = COALESCE(?19, usage_input), usage_output = COALESCE(?20, usage_output),
-                usage_total = COALESCE(?21, usage_total),
-                usage_details = COALESCE(?22, usage_details),
-                cost_details = COALESCE(?23, cost_details),
-                provided_cost = COALESCE(?24, provided_cost), updated_at = ?25
+            "UPDATE observations SET
+                type = COALESCE(?3, type),
+                parent_observation_id = COALESCE(?4, parent_observation_id),
+                name = COALESCE(?5, name), start_time = COALESCE(?6, start_time),
+                end_time = COALESCE(?7, end_time),
+                completion_start_time = COALESCE(?8, completion_start_time),
+                model = COALESCE(?9, model), model_parameters = COALESCE(?10, model_parameters),
+                input = COALESCE(?11, input), output = COALESCE(?12, output),
+                metadata = CASE WHEN ?13 IS NULL THEN metadata
+                    WHEN metadata IS NULL THEN ?13 ELSE json_patch(metadata, ?13) END,
+                level = COALESCE(?14, level),
+                status_message = COALESCE(?15, status_message), version = COALESCE(?16, version),
+                environment = COALESCE(?17, environment),
+                usage_input = COALESCE(?18, usage_input), usage_output = COALESCE(?19, usage_output),
+                usage_total = COALESCE(?20, usage_total),
+                usage_details = COALESCE(?21, usage_details),
+                cost_details = COALESCE(?22, cost_details),
+                provided_cost = COALESCE(?23, provided_cost), updated_at = ?24
+             WHERE project_id = ?1 AND id = ?2
              RETURNING model, usage_input, usage_output, start_time, calculated_input_cost,
                 calculated_output_cost",
         )?
@@ -188,7 +241,6 @@ fn upsert_observation(
             params![
                 project,
                 o.id,
-                o.trace_id,
                 o.kind,
                 o.parent_observation_id,
                 o.name,
@@ -211,12 +263,10 @@ fn upsert_observation(
                 json(&o.cost_details),
                 o.provided_cost,
                 now,
-                own_cost.map(|c| c.0),
-                own_cost.map(|c| c.1),
             ],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
         )
-        .context("upserting an observation")?;
+        .context("updating an observation")?;
     let (model, input, output, start, input_cost, output_cost) = merged;
     if let (true, Some(model)) = (reprices(o), model) {
         let cost = token_cost(prices, &model, input, output, start);
