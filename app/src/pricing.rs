@@ -4,11 +4,17 @@
 //! `output_cost_per_token`. The gateway's spend and (later) the traces' cost read it.
 //! Local models cost nothing unless a configured entry names them.
 
+use std::collections::HashMap;
+
 use anyhow::{Context, bail};
+use parking_lot::Mutex;
 use regex::Regex;
 use serde::Deserialize;
 
 pub use crate::clock::{parse_day, today};
+
+/// Remembered answers at most; the memo starts over when full.
+const MEMO_ENTRIES: usize = 4096;
 
 /// Prices in US dollars per token.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -53,6 +59,9 @@ struct Entry {
 #[derive(Debug)]
 pub struct PriceTable {
     entries: Vec<Entry>,
+    /// Answers already worked out, by (model, local, day): every metered request and
+    /// every stored observation asks, and most ask about the same few models.
+    memo: Mutex<HashMap<(Box<str>, bool, i64), Price>>,
 }
 
 /// Built-in prices per million tokens (input, output), as the providers list them.
@@ -130,13 +139,30 @@ impl PriceTable {
                 configured: false,
             });
         }
-        Ok(Self { entries })
+        Ok(Self {
+            entries,
+            memo: Mutex::default(),
+        })
     }
 
     /// The price of `model` on `day` (days since 1970-01-01): among matching entries the
     /// one with the latest start on or before that day; configured entries win ties.
     /// Local models match configured entries only; no match costs nothing.
     pub fn price(&self, model: &str, local: bool, day: i64) -> Price {
+        let key = (Box::<str>::from(model), local, day);
+        if let Some(price) = self.memo.lock().get(&key) {
+            return *price;
+        }
+        let price = self.look_up(model, local, day);
+        let mut memo = self.memo.lock();
+        if memo.len() >= MEMO_ENTRIES {
+            memo.clear();
+        }
+        memo.insert(key, price);
+        price
+    }
+
+    fn look_up(&self, model: &str, local: bool, day: i64) -> Price {
         let mut best: Option<&Entry> = None;
         for entry in &self.entries {
             if (local && !entry.configured) || entry.start_day > day {

@@ -115,6 +115,21 @@ pub struct Ingest {
     pub project: String,
     pub event_id: Option<String>,
     pub event: TraceEvent,
+    /// When agentbox received the event (Unix ms): the time of a trace or observation
+    /// that names none, however late the event is written.
+    pub received: i64,
+}
+
+impl Ingest {
+    /// An event received now.
+    pub fn new(project: String, event_id: Option<String>, event: TraceEvent) -> Self {
+        Self {
+            project,
+            event_id,
+            event,
+            received: crate::clock::unix_ms(),
+        }
+    }
 }
 
 /// A trace as stored, with what its observations add up to.

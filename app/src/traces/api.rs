@@ -115,11 +115,7 @@ pub async fn ingestion(State(state): State<AppState>, headers: HeaderMap, body: 
         };
         match ingest::event(kind, item.get("body").unwrap_or(&Value::Null), timestamp) {
             Ok(Some(event)) => {
-                ingests.push(Ingest {
-                    project: project.id.clone(),
-                    event_id: Some(id.to_string()),
-                    event,
-                });
+                ingests.push(Ingest::new(project.id.clone(), Some(id.to_string()), event));
                 stored_ids.push(id.to_string());
             }
             Ok(None) => successes.push(json!({"id": id, "status": 201})),
@@ -205,11 +201,7 @@ pub async fn otel_traces(
     let batch: Vec<Ingest> = spans
         .iter()
         .flat_map(otel_map::span_events)
-        .map(|event| Ingest {
-            project: project.id.clone(),
-            event_id: None,
-            event,
-        })
+        .map(|event| Ingest::new(project.id.clone(), None, event))
         .collect();
     if !batch.is_empty()
         && let Err(response) = store(&state, batch).await
@@ -260,11 +252,7 @@ pub async fn create_scores(
     let mut rejected = Vec::new();
     for item in &items {
         match ingest::event("score-create", item, None) {
-            Ok(Some(event)) => batch.push(Ingest {
-                project: project.id.clone(),
-                event_id: None,
-                event,
-            }),
+            Ok(Some(event)) => batch.push(Ingest::new(project.id.clone(), None, event)),
             Ok(None) => {}
             Err(Rejected(message)) => rejected.push(json!({"message": message})),
         }

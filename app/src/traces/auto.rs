@@ -216,10 +216,6 @@ pub fn events(call: CallTrace, outcome: CallOutcome<'_>) -> Vec<Ingest> {
         TraceEvent::Observation(Box::new(generation)),
     ]
     .into_iter()
-    .map(|event| Ingest {
-        project: DEFAULT_PROJECT.to_string(),
-        event_id: None,
-        event,
-    })
+    .map(|event| Ingest::new(DEFAULT_PROJECT.to_string(), None, event))
     .collect()
 }

@@ -35,6 +35,8 @@ pub(super) async fn apply(
             continue;
         }
         let project = &ingest.project;
+        // Times an event leaves out are when it was received, not when it is written.
+        let now = ingest.received;
         match &ingest.event {
             TraceEvent::Trace(t) => {
                 upsert_trace(tx, project, t, now).await?;

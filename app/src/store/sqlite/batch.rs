@@ -10,9 +10,10 @@ use anyhow::Context;
 use rusqlite::Connection;
 
 use super::checkpoint::Checkpointer;
-use super::{rollup, spend, traces};
+use super::rollup::{self, BatchTraces};
+use super::{spend, traces};
 use crate::pricing::PriceTable;
-use crate::store::records::{Ingest, KnownTraces, SpendRecord, touched_traces};
+use crate::store::records::{Ingest, SpendRecord};
 use crate::store::writer;
 
 pub struct Sink {
@@ -51,15 +52,13 @@ impl writer::Sink for Sink {
     ) -> anyhow::Result<Vec<Vec<bool>>> {
         let tx = self.connection.transaction()?;
         spend::insert(&tx, spend)?;
-        let mut known = KnownTraces::new();
-        traces::apply(&tx, traces, prices, now, &mut known)?;
+        let mut touched = BatchTraces::default();
+        traces::apply(&tx, traces, prices, now, &mut touched)?;
         let mut applied = Vec::with_capacity(ingests.len());
         for events in ingests {
-            applied.push(traces::apply(&tx, events, prices, now, &mut known)?);
+            applied.push(traces::apply(&tx, events, prices, now, &mut touched)?);
         }
-        let mut batches = vec![traces];
-        batches.extend_from_slice(ingests);
-        rollup::refresh(&tx, &touched_traces(&batches))?;
+        rollup::refresh(&tx, &touched)?;
         if let Some(seq) = log_seq {
             tx.prepare_cached("UPDATE ingest_log_position SET seq = ?1")?
                 .execute([seq as i64])?;

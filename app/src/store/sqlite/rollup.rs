@@ -6,12 +6,17 @@
 //! makes that a short range scan) and the difference applied to the day totals; pruning
 //! subtracts what it deletes. Days are UTC days of the trace's timestamp, as the direct
 //! query groups them.
+//!
+//! The common case is cheaper: a trace the batch created, whose observations are all the
+//! batch's own fresh inserts, adds exactly what those inserts carry (`BatchTraces` sums
+//! them as they are written), so it needs no reads, and the day totals of all such traces
+//! are applied together.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::store::records::{DailyMetrics, add_day_usage, rolled_up_usage, set_day_traces};
+use crate::store::records::{DAY_MS, DailyMetrics, add_day_usage, rolled_up_usage, set_day_traces};
 
 /// Migration 5: the rollup tables, filled from what is stored already.
 pub const MIGRATION: &str = "
@@ -73,8 +78,145 @@ struct Contribution {
     cost: f64,
 }
 
-/// Brings the day totals up to date with the touched traces, in the writer's transaction.
-pub fn refresh(tx: &Transaction<'_>, touched: &BTreeSet<(String, String)>) -> anyhow::Result<()> {
+type TraceKey = (String, String);
+
+/// What one write batch did to the traces it named (by project and trace id).
+#[derive(Default)]
+pub struct BatchTraces {
+    /// Traces whose rows exist in this transaction.
+    known: HashSet<TraceKey>,
+    /// Traces the batch created and only added fresh observations to: their day, and what
+    /// they add to it per model.
+    fresh: HashMap<TraceKey, (i64, BTreeMap<String, Contribution>)>,
+    /// Traces to recompute from their rows.
+    changed: BTreeSet<TraceKey>,
+}
+
+impl BatchTraces {
+    /// Whether this is the batch's first mention of the trace (its row is to be ensured).
+    pub fn first_mention(&mut self, project: &str, trace_id: &str) -> bool {
+        self.known
+            .insert((project.to_string(), trace_id.to_string()))
+    }
+
+    /// The batch inserted the trace's row, with this timestamp (its day truncates as SQL's
+    /// `timestamp / 86400000` does).
+    pub fn created(&mut self, project: &str, trace_id: &str, timestamp: i64) {
+        let key = (project.to_string(), trace_id.to_string());
+        if !self.changed.contains(&key) {
+            self.fresh
+                .insert(key, (timestamp / DAY_MS, BTreeMap::new()));
+        }
+    }
+
+    /// The batch changed the trace or one of its observations in place.
+    pub fn changed(&mut self, project: &str, trace_id: &str) {
+        let key = (project.to_string(), trace_id.to_string());
+        self.fresh.remove(&key);
+        self.changed.insert(key);
+    }
+
+    /// The batch inserted a new observation with this model, usage and cost.
+    pub fn observed(
+        &mut self,
+        project: &str,
+        trace_id: &str,
+        model: Option<&str>,
+        tokens: [Option<i64>; 3],
+        cost: f64,
+    ) {
+        let key = (project.to_string(), trace_id.to_string());
+        let Some((day, usage)) = self.fresh.get_mut(&key) else {
+            self.changed.insert(key);
+            return;
+        };
+        let model = model.unwrap_or_default();
+        let c = usage
+            .entry(model.to_string())
+            .or_insert_with(|| Contribution {
+                model: model.to_string(),
+                day: *day,
+                observations: 0,
+                input: 0,
+                output: 0,
+                total: 0,
+                cost: 0.0,
+            });
+        let [input, output, total] = tokens.map(|t| t.unwrap_or(0));
+        c.observations += 1;
+        c.input += input;
+        c.output += output;
+        c.total += total;
+        c.cost += cost;
+    }
+}
+
+/// Brings the day totals up to date with the batch's traces, in the writer's transaction.
+pub fn refresh(tx: &Transaction<'_>, batch: &BatchTraces) -> anyhow::Result<()> {
+    add_fresh(tx, batch)?;
+    recompute(tx, &batch.changed)
+}
+
+/// The created traces' day totals, from what the batch inserted: per trace its day and
+/// its per-model rows; per day the sums of all of them, in one statement each.
+fn add_fresh(tx: &Transaction<'_>, batch: &BatchTraces) -> anyhow::Result<()> {
+    let mut traces_per_day: BTreeMap<(&str, i64), i64> = BTreeMap::new();
+    let mut usage_per_day: BTreeMap<(&str, i64, &str), (i64, Contribution)> = BTreeMap::new();
+    let mut set_day =
+        tx.prepare_cached("UPDATE traces SET rollup_day = ?3 WHERE project_id = ?1 AND id = ?2")?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO trace_usage (project_id, trace_id, model, day, observations, input,
+            output, total, cost) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for ((project, trace_id), (day, usage)) in &batch.fresh {
+        set_day.execute(params![project, trace_id, day])?;
+        *traces_per_day.entry((project, *day)).or_default() += 1;
+        for c in usage.values() {
+            insert.execute(params![
+                project,
+                trace_id,
+                c.model,
+                c.day,
+                c.observations,
+                c.input,
+                c.output,
+                c.total,
+                c.cost
+            ])?;
+            let (traces, sum) = usage_per_day
+                .entry((project, c.day, &c.model))
+                .or_insert_with(|| {
+                    (
+                        0,
+                        Contribution {
+                            observations: 0,
+                            input: 0,
+                            output: 0,
+                            total: 0,
+                            cost: 0.0,
+                            ..c.clone()
+                        },
+                    )
+                });
+            *traces += 1;
+            sum.observations += c.observations;
+            sum.input += c.input;
+            sum.output += c.output;
+            sum.total += c.total;
+            sum.cost += c.cost;
+        }
+    }
+    for ((project, day), count) in traces_per_day {
+        count_trace(tx, project, day, count)?;
+    }
+    for ((project, _, _), (traces, sum)) in usage_per_day {
+        add_to_day(tx, project, &sum, traces, 1)?;
+    }
+    Ok(())
+}
+
+/// Recomputes each trace's contributions from its rows and applies the difference.
+fn recompute(tx: &Transaction<'_>, touched: &BTreeSet<TraceKey>) -> anyhow::Result<()> {
     for (project, trace_id) in touched {
         let row: Option<(i64, Option<i64>)> = tx
             .prepare_cached(
@@ -120,10 +262,10 @@ pub fn refresh(tx: &Transaction<'_>, touched: &BTreeSet<(String, String)>) -> an
             continue;
         }
         for c in &old {
-            add_to_day(tx, project, c, -1)?;
+            add_to_day(tx, project, c, 1, -1)?;
         }
         for c in &new {
-            add_to_day(tx, project, c, 1)?;
+            add_to_day(tx, project, c, 1, 1)?;
         }
         tx.prepare_cached("DELETE FROM trace_usage WHERE project_id = ?1 AND trace_id = ?2")?
             .execute(params![project, trace_id])?;
@@ -158,7 +300,7 @@ pub fn forget(tx: &Transaction<'_>, project: &str, trace_id: &str) -> anyhow::Re
         trace_id,
     )?;
     for c in &old {
-        add_to_day(tx, project, c, -1)?;
+        add_to_day(tx, project, c, 1, -1)?;
     }
     tx.prepare_cached("DELETE FROM trace_usage WHERE project_id = ?1 AND trace_id = ?2")?
         .execute(params![project, trace_id])?;
@@ -229,10 +371,12 @@ fn contributions(
         .collect()
 }
 
+/// Adds (`sign` 1) or takes away (-1) `c`, the sum of `traces` traces' contributions.
 fn add_to_day(
     tx: &Transaction<'_>,
     project: &str,
     c: &Contribution,
+    traces: i64,
     sign: i64,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
@@ -247,7 +391,7 @@ fn add_to_day(
         project,
         c.day,
         c.model,
-        sign,
+        sign * traces,
         sign * c.observations,
         sign * c.input,
         sign * c.output,
@@ -257,11 +401,12 @@ fn add_to_day(
     Ok(())
 }
 
-fn count_trace(tx: &Transaction<'_>, project: &str, day: i64, sign: i64) -> rusqlite::Result<()> {
+/// Adds `count` (negative: takes away) to a day's trace count.
+fn count_trace(tx: &Transaction<'_>, project: &str, day: i64, count: i64) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO daily_traces (project_id, day, traces) VALUES (?1, ?2, ?3)
          ON CONFLICT (project_id, day) DO UPDATE SET traces = traces + excluded.traces",
     )?
-    .execute(params![project, day, sign])?;
+    .execute(params![project, day, count])?;
     Ok(())
 }

@@ -7,11 +7,11 @@ use anyhow::Context;
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde_json::Value;
 
-use super::rollup;
+use super::rollup::{self, BatchTraces};
 use crate::pricing::PriceTable;
 use crate::store::records::{
-    DailyMetrics, Ingest, KnownTraces, ModelUsage, ObservationFilter, ObservationUpsert,
-    ScoreUpsert, StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
+    DailyMetrics, Ingest, ModelUsage, ObservationFilter, ObservationUpsert, ScoreUpsert,
+    StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
     add_day_usage, daily_plan, json, own_cost, parsed, reprices, set_day_traces, to_i64,
     token_cost,
 };
@@ -23,7 +23,7 @@ pub(super) fn apply(
     batch: &[Ingest],
     prices: &PriceTable,
     now: i64,
-    known: &mut KnownTraces,
+    traces: &mut BatchTraces,
 ) -> anyhow::Result<Vec<bool>> {
     let mut seen = tx.prepare_cached(
         "INSERT OR IGNORE INTO ingested_events (project_id, id, at) VALUES (?1, ?2, ?3)",
@@ -37,25 +37,33 @@ pub(super) fn apply(
             continue;
         }
         let project = &ingest.project;
+        // Times an event leaves out are when it was received, not when it is written.
+        let now = ingest.received;
         match &ingest.event {
             TraceEvent::Trace(t) => {
-                upsert_trace(tx, project, t, now)?;
-                known.insert((project.clone(), t.id.clone()));
+                traces.first_mention(project, &t.id);
+                if upsert_trace(tx, project, t, now)? {
+                    traces.created(project, &t.id, t.timestamp.unwrap_or(now));
+                } else if t.timestamp.is_some() {
+                    // The trace may move to another day.
+                    traces.changed(project, &t.id);
+                }
             }
             TraceEvent::Observation(o) => {
-                ensure_trace(
-                    tx,
-                    known,
-                    project,
-                    &o.trace_id,
-                    o.start_time.unwrap_or(now),
-                    now,
-                )?;
-                upsert_observation(tx, project, o, prices, now)?;
+                let start = o.start_time.unwrap_or(now);
+                ensure_trace(tx, traces, project, &o.trace_id, start, now)?;
+                match upsert_observation(tx, project, o, prices, now)? {
+                    Written::Inserted { cost } => {
+                        let tokens = [o.usage_input, o.usage_output, o.usage_total].map(to_i64);
+                        traces.observed(project, &o.trace_id, o.model.as_deref(), tokens, cost);
+                    }
+                    Written::Updated => traces.changed(project, &o.trace_id),
+                }
             }
             TraceEvent::Score(s) => {
+                // Scores add nothing to the day totals; a trace they create counts.
                 if let Some(trace_id) = &s.trace_id {
-                    ensure_trace(tx, known, project, trace_id, s.timestamp, s.timestamp)?;
+                    ensure_trace(tx, traces, project, trace_id, s.timestamp, s.timestamp)?;
                 }
                 upsert_score(tx, project, s)?;
             }
@@ -65,12 +73,13 @@ pub(super) fn apply(
     Ok(applied)
 }
 
+/// Inserts or merges a trace; whether it was new.
 fn upsert_trace(
     tx: &Transaction<'_>,
     project: &str,
     t: &TraceUpsert,
     now: i64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let tags = t
         .tags
         .as_ref()
@@ -103,7 +112,7 @@ fn upsert_trace(
         .execute(values)
         .context("inserting a trace")?;
     if inserted == 1 {
-        return Ok(());
+        return Ok(true);
     }
     tx.prepare_cached(
         "UPDATE traces SET
@@ -123,27 +132,40 @@ fn upsert_trace(
     )?
     .execute(values)
     .context("updating a trace")?;
-    Ok(())
+    Ok(false)
 }
 
 /// Makes sure a trace row exists for an observation or score that names one.
 fn ensure_trace(
     tx: &Transaction<'_>,
-    known: &mut KnownTraces,
+    traces: &mut BatchTraces,
     project: &str,
     trace_id: &str,
     timestamp: i64,
     now: i64,
 ) -> anyhow::Result<()> {
-    // A failed insert fails the whole transaction, so the set can be marked first.
-    if !known.insert((project.to_string(), trace_id.to_string())) {
+    // A failed insert fails the whole transaction, so the trace can be marked first.
+    if !traces.first_mention(project, trace_id) {
         return Ok(());
     }
-    tx.prepare_cached(
-        "INSERT OR IGNORE INTO traces (project_id, id, timestamp, updated_at) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![project, trace_id, timestamp, now])?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO traces (project_id, id, timestamp, updated_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![project, trace_id, timestamp, now])?;
+    if inserted == 1 {
+        traces.created(project, trace_id, timestamp);
+    }
     Ok(())
+}
+
+/// How an observation was written.
+enum Written {
+    /// A new row, adding this cost.
+    Inserted { cost: f64 },
+    /// Merged into the stored row.
+    Updated,
 }
 
 fn upsert_observation(
@@ -152,7 +174,7 @@ fn upsert_observation(
     o: &ObservationUpsert,
     prices: &PriceTable,
     now: i64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Written> {
     // A new observation (the usual case) is one plain insert, priced by the event alone.
     // `OR IGNORE` only meets the primary key here (every NOT NULL column is bound or
     // defaulted), and it spares SQLite the statement journal and the RETURNING table an
@@ -200,7 +222,13 @@ fn upsert_observation(
         ])
         .context("inserting an observation")?;
     if inserted == 1 {
-        return Ok(());
+        // What the day totals add for it, as `rollup.rs` sums stored rows.
+        let cost = o
+            .provided_cost
+            .or(own_cost.map(|(input, output)| input + output));
+        return Ok(Written::Inserted {
+            cost: cost.unwrap_or(0.0),
+        });
     }
     // An update merges into the stored row (a field the event leaves out keeps its value);
     // the merged row is priced again where model and usage came in separate events.
@@ -278,7 +306,7 @@ fn upsert_observation(
             .execute(params![project, o.id, cost.0, cost.1])?;
         }
     }
-    Ok(())
+    Ok(Written::Updated)
 }
 
 fn upsert_score(tx: &Transaction<'_>, project: &str, s: &ScoreUpsert) -> anyhow::Result<()> {
