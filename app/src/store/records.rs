@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_with::skip_serializing_none;
 
 /// Milliseconds in a UTC day: daily metrics and prices go by UTC day.
 pub(super) const DAY_MS: i64 = 86_400_000;
@@ -40,7 +41,10 @@ impl From<Value> for JsonText {
     }
 }
 
+/// (Written to the ingestion log as JSON: empty fields are left out, and default.)
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TraceUpsert {
     pub id: String,
     pub timestamp: Option<i64>,
@@ -57,7 +61,10 @@ pub struct TraceUpsert {
     pub public: Option<bool>,
 }
 
+/// (Written to the ingestion log as JSON: empty fields are left out, and default.)
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ObservationUpsert {
     pub id: String,
     pub trace_id: String,
@@ -86,7 +93,10 @@ pub struct ObservationUpsert {
     pub provided_cost: Option<f64>,
 }
 
+/// (Written to the ingestion log as JSON: empty fields are left out, and default.)
+#[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ScoreUpsert {
     pub id: String,
     pub trace_id: Option<String>,

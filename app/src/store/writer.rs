@@ -28,7 +28,7 @@ use crate::pricing::PriceTable;
 /// Messages waiting for the writer at most.
 const QUEUE_CAPACITY: usize = 50_000;
 /// Spend rows or trace events per transaction, about.
-const BATCH_ITEMS: usize = 20_000;
+const BATCH_ITEMS: usize = 50_000;
 /// How long spend rows and logged events are gathered after the first, when nobody waits
 /// on the commit.
 const GATHER: Duration = Duration::from_millis(50);

@@ -12,7 +12,7 @@
 //! them as they are written), so it needs no reads, and the day totals of all such traces
 //! are applied together.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -78,42 +78,64 @@ struct Contribution {
     cost: f64,
 }
 
-type TraceKey = (String, String);
-
-/// What one write batch did to the traces it named (by project and trace id).
+/// What one write batch did to the traces it named.
 #[derive(Default)]
 pub struct BatchTraces {
-    /// Traces whose rows exist in this transaction.
-    known: HashSet<TraceKey>,
-    /// Traces the batch created and only added fresh observations to: their day, and what
-    /// they add to it per model.
-    fresh: HashMap<TraceKey, (i64, BTreeMap<String, Contribution>)>,
-    /// Traces to recompute from their rows.
-    changed: BTreeSet<TraceKey>,
+    /// By project, then trace id.
+    traces: HashMap<String, HashMap<String, Touched>>,
+}
+
+enum Touched {
+    /// The trace's row exists; nothing in the day totals changed.
+    Known,
+    /// The batch created the trace and only added fresh observations to it: its day, and
+    /// what it adds to that day per model.
+    Created(i64, BTreeMap<String, Contribution>),
+    /// To recompute from its rows.
+    Changed,
 }
 
 impl BatchTraces {
+    fn get_mut(&mut self, project: &str, trace_id: &str) -> Option<&mut Touched> {
+        self.traces.get_mut(project)?.get_mut(trace_id)
+    }
+
+    fn set(&mut self, project: &str, trace_id: &str, touched: Touched) {
+        match self.get_mut(project, trace_id) {
+            Some(state) => *state = touched,
+            None => {
+                self.traces
+                    .entry(project.to_string())
+                    .or_default()
+                    .insert(trace_id.to_string(), touched);
+            }
+        }
+    }
+
     /// Whether this is the batch's first mention of the trace (its row is to be ensured).
     pub fn first_mention(&mut self, project: &str, trace_id: &str) -> bool {
-        self.known
-            .insert((project.to_string(), trace_id.to_string()))
+        if self.get_mut(project, trace_id).is_some() {
+            return false;
+        }
+        self.set(project, trace_id, Touched::Known);
+        true
     }
 
     /// The batch inserted the trace's row, with this timestamp (its day truncates as SQL's
     /// `timestamp / 86400000` does).
     pub fn created(&mut self, project: &str, trace_id: &str, timestamp: i64) {
-        let key = (project.to_string(), trace_id.to_string());
-        if !self.changed.contains(&key) {
-            self.fresh
-                .insert(key, (timestamp / DAY_MS, BTreeMap::new()));
+        if !matches!(self.get_mut(project, trace_id), Some(Touched::Changed)) {
+            self.set(
+                project,
+                trace_id,
+                Touched::Created(timestamp / DAY_MS, BTreeMap::new()),
+            );
         }
     }
 
     /// The batch changed the trace or one of its observations in place.
     pub fn changed(&mut self, project: &str, trace_id: &str) {
-        let key = (project.to_string(), trace_id.to_string());
-        self.fresh.remove(&key);
-        self.changed.insert(key);
+        self.set(project, trace_id, Touched::Changed);
     }
 
     /// The batch inserted a new observation with this model, usage and cost.
@@ -125,36 +147,71 @@ impl BatchTraces {
         tokens: [Option<i64>; 3],
         cost: f64,
     ) {
-        let key = (project.to_string(), trace_id.to_string());
-        let Some((day, usage)) = self.fresh.get_mut(&key) else {
-            self.changed.insert(key);
+        let Some(Touched::Created(day, usage)) = self.get_mut(project, trace_id) else {
+            // Added to a trace stored before: recomputed from its rows.
+            self.changed(project, trace_id);
             return;
         };
         let model = model.unwrap_or_default();
-        let c = usage
-            .entry(model.to_string())
-            .or_insert_with(|| Contribution {
-                model: model.to_string(),
-                day: *day,
-                observations: 0,
-                input: 0,
-                output: 0,
-                total: 0,
-                cost: 0.0,
-            });
         let [input, output, total] = tokens.map(|t| t.unwrap_or(0));
-        c.observations += 1;
-        c.input += input;
-        c.output += output;
-        c.total += total;
-        c.cost += cost;
+        let observation = Contribution {
+            observations: 1,
+            input,
+            output,
+            total,
+            cost,
+            ..Contribution::empty(model, *day)
+        };
+        match usage.get_mut(model) {
+            Some(sum) => sum.add(&observation),
+            None => {
+                usage.insert(model.to_string(), observation);
+            }
+        }
+    }
+
+    /// Every trace named, by project and id.
+    fn all(&self) -> impl Iterator<Item = (&str, &str, &Touched)> {
+        self.traces.iter().flat_map(|(project, traces)| {
+            traces
+                .iter()
+                .map(move |(id, touched)| (project.as_str(), id.as_str(), touched))
+        })
+    }
+}
+
+impl Contribution {
+    fn empty(model: &str, day: i64) -> Self {
+        Self {
+            model: model.to_string(),
+            day,
+            observations: 0,
+            input: 0,
+            output: 0,
+            total: 0,
+            cost: 0.0,
+        }
+    }
+
+    fn add(&mut self, other: &Contribution) {
+        self.observations += other.observations;
+        self.input += other.input;
+        self.output += other.output;
+        self.total += other.total;
+        self.cost += other.cost;
     }
 }
 
 /// Brings the day totals up to date with the batch's traces, in the writer's transaction.
 pub fn refresh(tx: &Transaction<'_>, batch: &BatchTraces) -> anyhow::Result<()> {
     add_fresh(tx, batch)?;
-    recompute(tx, &batch.changed)
+    let mut changed: Vec<(&str, &str)> = batch
+        .all()
+        .filter(|(_, _, touched)| matches!(touched, Touched::Changed))
+        .map(|(project, id, _)| (project, id))
+        .collect();
+    changed.sort_unstable();
+    recompute(tx, &changed)
 }
 
 /// The created traces' day totals, from what the batch inserted: per trace its day and
@@ -168,7 +225,10 @@ fn add_fresh(tx: &Transaction<'_>, batch: &BatchTraces) -> anyhow::Result<()> {
         "INSERT INTO trace_usage (project_id, trace_id, model, day, observations, input,
             output, total, cost) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    for ((project, trace_id), (day, usage)) in &batch.fresh {
+    for (project, trace_id, touched) in batch.all() {
+        let Touched::Created(day, usage) = touched else {
+            continue;
+        };
         set_day.execute(params![project, trace_id, day])?;
         *traces_per_day.entry((project, *day)).or_default() += 1;
         for c in usage.values() {
@@ -185,25 +245,9 @@ fn add_fresh(tx: &Transaction<'_>, batch: &BatchTraces) -> anyhow::Result<()> {
             ])?;
             let (traces, sum) = usage_per_day
                 .entry((project, c.day, &c.model))
-                .or_insert_with(|| {
-                    (
-                        0,
-                        Contribution {
-                            observations: 0,
-                            input: 0,
-                            output: 0,
-                            total: 0,
-                            cost: 0.0,
-                            ..c.clone()
-                        },
-                    )
-                });
+                .or_insert_with(|| (0, Contribution::empty(&c.model, c.day)));
             *traces += 1;
-            sum.observations += c.observations;
-            sum.input += c.input;
-            sum.output += c.output;
-            sum.total += c.total;
-            sum.cost += c.cost;
+            sum.add(c);
         }
     }
     for ((project, day), count) in traces_per_day {
@@ -216,8 +260,8 @@ fn add_fresh(tx: &Transaction<'_>, batch: &BatchTraces) -> anyhow::Result<()> {
 }
 
 /// Recomputes each trace's contributions from its rows and applies the difference.
-fn recompute(tx: &Transaction<'_>, touched: &BTreeSet<TraceKey>) -> anyhow::Result<()> {
-    for (project, trace_id) in touched {
+fn recompute(tx: &Transaction<'_>, touched: &[(&str, &str)]) -> anyhow::Result<()> {
+    for &(project, trace_id) in touched {
         let row: Option<(i64, Option<i64>)> = tx
             .prepare_cached(
                 "SELECT timestamp / 86400000, rollup_day FROM traces
