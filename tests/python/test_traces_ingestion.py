@@ -543,3 +543,36 @@ def test_every_acknowledged_event_survives_a_sigkill(tmp_path):
         assert total["totalItems"] >= len(survivors_expected)
         counts = [[(d["date"], d["countTraces"], d["countObservations"]) for d in days] for days in totals]
         assert counts[0] == counts[1] and sum(n for _, n, _ in counts[0]) >= len(survivors_expected), counts
+
+
+def test_every_acknowledged_event_is_readable_at_once_and_the_backlog_drains(traces):
+    """Ingestion is answered once the events are in the ingestion log; the store folds them
+    in large transactions soon after. A read right after an answer still sees the events
+    (it waits for the fold), under concurrent ingestion too, and afterwards nothing is left
+    waiting (`agentbox_traces_ingest_backlog` on /metrics)."""
+    url = traces
+
+    def sender(worker: int, seen: list):
+        with httpx.Client(base_url=url, auth=AUTH, timeout=30) as client:
+            for n in range(20):
+                trace_id = f"rw-{worker}-{n}"
+                batch = [ev(f"{trace_id}-t", "trace-create", {"id": trace_id, "userId": f"rw-user-{worker}"})]
+                batch += [ev(f"{trace_id}-g{i}", "generation-create",
+                             {"id": f"{trace_id}-g{i}", "traceId": trace_id, "model": "gpt-4o",
+                              "usage": {"input": 10, "output": 1}}) for i in range(5)]
+                r = client.post("/api/public/ingestion", json={"batch": batch})
+                assert r.status_code == 207 and not r.json()["errors"], r.text
+                got = client.get(f"/api/public/traces/{trace_id}")
+                assert got.status_code == 200, got.text
+                seen.append(len(got.json()["observations"]))
+
+    seen: list[int] = []
+    workers = [threading.Thread(target=sender, args=(w, seen)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert seen == [5] * 80
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    backlog = [line for line in metrics.splitlines() if line.startswith("agentbox_traces_ingest_backlog ")]
+    assert backlog == ["agentbox_traces_ingest_backlog 0"], backlog

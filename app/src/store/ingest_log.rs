@@ -32,7 +32,7 @@ use super::writer::{Message, Sink};
 use crate::pricing::PriceTable;
 
 /// Events appended but not yet folded, at most, before appending waits for the writer.
-const MAX_BACKLOG: usize = 100_000;
+const MAX_BACKLOG: usize = 200_000;
 /// Events per append transaction, about.
 const APPEND_ITEMS: usize = 20_000;
 /// Log rows folded per transaction during start-up recovery.
@@ -152,7 +152,6 @@ pub fn recover(
 }
 
 /// What the appender and the writer share: how far each got.
-#[derive(Default)]
 pub struct Progress {
     /// The last `seq` appended and handed to the writer.
     appended: AtomicU64,
@@ -161,9 +160,22 @@ pub struct Progress {
     /// Events appended but not yet folded.
     backlog: Mutex<usize>,
     drained: Condvar,
+    /// The backlog, for `/metrics`.
+    gauge: prometheus::IntGauge,
 }
 
 impl Progress {
+    /// `gauge` shows the backlog.
+    pub fn new(gauge: prometheus::IntGauge) -> Self {
+        Self {
+            appended: AtomicU64::new(0),
+            folded: AtomicU64::new(0),
+            backlog: Mutex::new(0),
+            drained: Condvar::new(),
+            gauge,
+        }
+    }
+
     /// Whether acknowledged events wait to be folded.
     pub fn behind(&self) -> bool {
         self.appended.load(Ordering::Acquire) > self.folded.load(Ordering::Acquire)
@@ -174,11 +186,14 @@ impl Progress {
         self.folded.fetch_max(seq, Ordering::AcqRel);
         let mut backlog = self.backlog.lock();
         *backlog = backlog.saturating_sub(events);
+        self.gauge.set(*backlog as i64);
         self.drained.notify_all();
     }
 
     fn add_backlog(&self, events: usize) {
-        *self.backlog.lock() += events;
+        let mut backlog = self.backlog.lock();
+        *backlog += events;
+        self.gauge.set(*backlog as i64);
     }
 
     /// Waits while the backlog is full.

@@ -28,7 +28,7 @@ use crate::pricing::PriceTable;
 /// Messages waiting for the writer at most.
 const QUEUE_CAPACITY: usize = 50_000;
 /// Spend rows or trace events per transaction, about.
-const BATCH_ITEMS: usize = 50_000;
+const BATCH_ITEMS: usize = 100_000;
 /// How long spend rows and logged events are gathered after the first, when nobody waits
 /// on the commit.
 const GATHER: Duration = Duration::from_millis(50);
@@ -133,12 +133,18 @@ impl Writer {
             "Automatic trace events dropped because the writer's queue was full or the disk failed.",
         )?;
         registry.register(Box::new(traces_dropped.clone()))?;
+        // Registered whatever the backend: without an ingestion log it stays 0.
+        let backlog = prometheus::IntGauge::new(
+            "agentbox_traces_ingest_backlog",
+            "Trace events acknowledged (in the ingestion log) but not yet folded into the store.",
+        )?;
+        registry.register(Box::new(backlog.clone()))?;
         let (sender, receiver) = mpsc::sync_channel(QUEUE_CAPACITY);
         let log = match store.ingest_log_path() {
             Some(path) => {
                 let mut log = IngestLog::open(&path)?;
                 ingest_log::recover(&mut log, sink.as_mut(), &prices)?;
-                let progress = Arc::new(Progress::default());
+                let progress = Arc::new(Progress::new(backlog));
                 let (appender, requests) = mpsc::sync_channel(APPEND_QUEUE);
                 let (writer, shared) = (sender.clone(), progress.clone());
                 std::thread::Builder::new()
