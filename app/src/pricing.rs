@@ -13,6 +13,9 @@ use serde::Deserialize;
 
 pub use crate::clock::{parse_day, today};
 
+/// (model, local, day): what a price depends on.
+type MemoKey = (Box<str>, bool, i64);
+
 /// Remembered answers at most; the memo starts over when full.
 const MEMO_ENTRIES: usize = 4096;
 
@@ -61,7 +64,7 @@ pub struct PriceTable {
     entries: Vec<Entry>,
     /// Answers already worked out, by (model, local, day): every metered request and
     /// every stored observation asks, and most ask about the same few models.
-    memo: Mutex<HashMap<(Box<str>, bool, i64), Price>>,
+    memo: Mutex<HashMap<MemoKey, Price>>,
 }
 
 /// Built-in prices per million tokens (input, output), as the providers list them.
