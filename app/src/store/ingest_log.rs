@@ -210,7 +210,7 @@ impl Progress {
 pub struct Append {
     pub encoded: Vec<u8>,
     pub events: Vec<Ingest>,
-    pub reply: oneshot::Sender<Result<Vec<bool>, String>>,
+    pub reply: oneshot::Sender<Result<(), String>>,
 }
 
 /// The appending thread's loop: group commits into the log, then hands over and answers.
@@ -242,7 +242,7 @@ pub fn run_appender(
                 let mut handed = Vec::with_capacity(events);
                 let mut replies = Vec::with_capacity(batch.len());
                 for append in batch {
-                    replies.push((append.reply, append.events.len()));
+                    replies.push(append.reply);
                     handed.extend(append.events);
                 }
                 progress.add_backlog(handed.len());
@@ -254,8 +254,8 @@ pub fn run_appender(
                     );
                 }
                 progress.appended.fetch_max(seq, Ordering::AcqRel);
-                for (reply, count) in replies {
-                    let _ = reply.send(Ok(vec![true; count]));
+                for reply in replies {
+                    let _ = reply.send(Ok(()));
                 }
             }
             Err(error) => {

@@ -465,29 +465,6 @@ pub(super) fn reprices(o: &ObservationUpsert) -> bool {
         && (o.model.is_some() || o.usage_input.is_some() || o.usage_output.is_some())
 }
 
-/// The (project, trace id) pairs known to have a trace row in the writer's current
-/// transaction, so that each trace is ensured once per transaction, not per observation.
-pub(super) type KnownTraces = std::collections::HashSet<(String, String)>;
-
-/// The (project, trace id) pairs that events in a write batch touched: the traces whose
-/// day totals the writer brings up to date after it.
-pub(super) fn touched_traces(
-    batches: &[&[Ingest]],
-) -> std::collections::BTreeSet<(String, String)> {
-    let mut touched = std::collections::BTreeSet::new();
-    for ingest in batches.iter().flat_map(|b| b.iter()) {
-        let trace = match &ingest.event {
-            TraceEvent::Trace(t) => Some(&t.id),
-            TraceEvent::Observation(o) => Some(&o.trace_id),
-            TraceEvent::Score(s) => s.trace_id.as_ref(),
-        };
-        if let Some(trace) = trace {
-            touched.insert((ingest.project.clone(), trace.clone()));
-        }
-    }
-    touched
-}
-
 /// One row of the per-day totals (`daily_usage`) as a model's usage: model `''` is usage
 /// without a model, and counts kept by adding and subtracting are clamped at zero.
 pub(super) fn rolled_up_usage(

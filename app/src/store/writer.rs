@@ -48,8 +48,8 @@ const RETRY_DELAYS: &[Duration] = &[
 
 /// Where the writer thread commits: one backend connection.
 pub(super) trait Sink: Send + 'static {
-    /// Writes spend rows and trace events in one durable transaction. Returns, per
-    /// awaited ingest batch, whether each event was new (not a duplicate event id).
+    /// Writes spend rows and trace events in one durable transaction (an event whose
+    /// `event_id` was seen before is skipped).
     /// `log_seq`: the events include the ingestion log's rows through this `seq`, which
     /// the same transaction records as the store's log position.
     #[allow(clippy::too_many_arguments)]
@@ -61,13 +61,13 @@ pub(super) trait Sink: Send + 'static {
         prices: &PriceTable,
         now: i64,
         log_seq: Option<u64>,
-    ) -> anyhow::Result<Vec<Vec<bool>>>;
+    ) -> anyhow::Result<()>;
 
     /// The last ingestion log `seq` this store folded (0: none).
     fn log_position(&mut self) -> anyhow::Result<u64>;
 }
 
-type IngestReply = oneshot::Sender<Result<Vec<bool>, String>>;
+type IngestReply = oneshot::Sender<Result<(), String>>;
 
 pub(super) enum Message {
     Spend(Box<SpendRecord>),
@@ -197,10 +197,8 @@ impl Writer {
         }
     }
 
-    /// Stores trace events durably; per event, whether it was new (not a duplicate id;
-    /// through the ingestion log, every event counts as new: duplicates are skipped when
-    /// it is folded).
-    pub async fn ingest(&self, batch: Vec<Ingest>) -> Result<Vec<bool>, IngestError> {
+    /// Stores trace events durably (events with a duplicate `event_id` are skipped).
+    pub async fn ingest(&self, batch: Vec<Ingest>) -> Result<(), IngestError> {
         let (reply, answer) = oneshot::channel();
         match &self.log {
             Some(log) => {
@@ -220,7 +218,7 @@ impl Writer {
                 .map_err(|_| IngestError::Busy)?,
         }
         match answer.await {
-            Ok(Ok(applied)) => Ok(applied),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(IngestError::Failed(message)),
             Err(_) => Err(IngestError::Failed("the writer stopped".into())),
         }
@@ -373,9 +371,9 @@ fn commit(
         let result = sink.write(&spend, &traces, &awaited, prices, now, log_seq);
         drop(awaited);
         match result {
-            Ok(applied) => {
-                for ((_, reply), applied) in ingests.drain(..).zip(applied) {
-                    let _ = reply.send(Ok(applied));
+            Ok(()) => {
+                for (_, reply) in ingests.drain(..) {
+                    let _ = reply.send(Ok(()));
                 }
                 if let (Some(seq), Some(progress)) = (log_seq, progress) {
                     progress.folded(seq, logged);

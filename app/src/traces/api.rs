@@ -44,9 +44,9 @@ pub fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<ProjectConf
 }
 
 /// Stores events durably; the response to send when that fails.
-async fn store(state: &AppState, batch: Vec<Ingest>) -> Result<Vec<bool>, Box<Response>> {
+async fn store(state: &AppState, batch: Vec<Ingest>) -> Result<(), Box<Response>> {
     match state.ledger.writer.ingest(batch).await {
-        Ok(applied) => Ok(applied),
+        Ok(()) => Ok(()),
         Err(IngestError::Busy) => {
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -3,9 +3,10 @@
 
 use anyhow::Context;
 
+use super::traces::{KnownTraces, touched_traces};
 use super::{Db, rollup, spend, traces};
 use crate::pricing::PriceTable;
-use crate::store::records::{Ingest, KnownTraces, SpendRecord, touched_traces};
+use crate::store::records::{Ingest, SpendRecord};
 use crate::store::writer;
 
 pub struct Sink {
@@ -27,7 +28,7 @@ impl writer::Sink for Sink {
         prices: &PriceTable,
         now: i64,
         log_seq: Option<u64>,
-    ) -> anyhow::Result<Vec<Vec<bool>>> {
+    ) -> anyhow::Result<()> {
         // Postgres stores ingestion directly: the ingestion log is SQLite's.
         anyhow::ensure!(log_seq.is_none(), "Postgres has no ingestion log");
         self.db.block_on(async {
@@ -40,15 +41,14 @@ impl writer::Sink for Sink {
             spend::insert(&mut tx, spend).await?;
             let mut known = KnownTraces::new();
             traces::apply(&mut tx, traces, prices, now, &mut known).await?;
-            let mut applied = Vec::with_capacity(ingests.len());
             for events in ingests {
-                applied.push(traces::apply(&mut tx, events, prices, now, &mut known).await?);
+                traces::apply(&mut tx, events, prices, now, &mut known).await?;
             }
             let mut batches = vec![traces];
             batches.extend_from_slice(ingests);
             rollup::refresh(&mut tx, &touched_traces(&batches)).await?;
             tx.commit().await.context("committing")?;
-            Ok(applied)
+            Ok(())
         })
     }
 

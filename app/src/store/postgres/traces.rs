@@ -11,27 +11,49 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use super::{Db, rollup};
 use crate::pricing::PriceTable;
 use crate::store::records::{
-    DailyMetrics, Ingest, KnownTraces, ModelUsage, ObservationFilter, ObservationUpsert,
-    ScoreUpsert, StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
+    DailyMetrics, Ingest, ModelUsage, ObservationFilter, ObservationUpsert, ScoreUpsert,
+    StoredObservation, StoredScore, StoredTrace, TraceEvent, TraceFilter, TraceUpsert,
     add_day_usage, daily_plan, json, own_cost, parsed, reprices, set_day_traces, to_i64,
     token_cost,
 };
 
-/// Applies events in the caller's transaction. Returns, per event, whether it was new.
+/// The (project, trace id) pairs known to have a trace row in the writer's current
+/// transaction, so that each trace is ensured once per transaction, not per observation.
+pub(super) type KnownTraces = std::collections::HashSet<(String, String)>;
+
+/// The (project, trace id) pairs that events in a write batch touched: the traces whose
+/// day totals the writer brings up to date after it.
+pub(super) fn touched_traces(
+    batches: &[&[Ingest]],
+) -> std::collections::BTreeSet<(String, String)> {
+    let mut touched = std::collections::BTreeSet::new();
+    for ingest in batches.iter().flat_map(|b| b.iter()) {
+        let trace = match &ingest.event {
+            TraceEvent::Trace(t) => Some(&t.id),
+            TraceEvent::Observation(o) => Some(&o.trace_id),
+            TraceEvent::Score(s) => s.trace_id.as_ref(),
+        };
+        if let Some(trace) = trace {
+            touched.insert((ingest.project.clone(), trace.clone()));
+        }
+    }
+    touched
+}
+
+/// Applies events in the caller's transaction; an event whose `event_id` was seen before
+/// is skipped.
 pub(super) async fn apply(
     tx: &mut PgConnection,
     batch: &[Ingest],
     prices: &PriceTable,
     now: i64,
     known: &mut KnownTraces,
-) -> anyhow::Result<Vec<bool>> {
+) -> anyhow::Result<()> {
     let mut new_ids = record_event_ids(tx, batch, now).await?;
-    let mut applied = Vec::with_capacity(batch.len());
     for ingest in batch {
         if let Some(event_id) = &ingest.event_id
             && !new_ids.remove(&(ingest.project.clone(), event_id.clone()))
         {
-            applied.push(false);
             continue;
         }
         let project = &ingest.project;
@@ -54,9 +76,8 @@ pub(super) async fn apply(
                 upsert_score(tx, project, s).await?;
             }
         }
-        applied.push(true);
     }
-    Ok(applied)
+    Ok(())
 }
 
 /// Records the batch's event ids in one statement; returns those not seen before (an id

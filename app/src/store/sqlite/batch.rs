@@ -49,14 +49,13 @@ impl writer::Sink for Sink {
         prices: &PriceTable,
         now: i64,
         log_seq: Option<u64>,
-    ) -> anyhow::Result<Vec<Vec<bool>>> {
+    ) -> anyhow::Result<()> {
         let tx = self.connection.transaction()?;
         spend::insert(&tx, spend)?;
         let mut touched = BatchTraces::default();
         traces::apply(&tx, traces, prices, now, &mut touched)?;
-        let mut applied = Vec::with_capacity(ingests.len());
         for events in ingests {
-            applied.push(traces::apply(&tx, events, prices, now, &mut touched)?);
+            traces::apply(&tx, events, prices, now, &mut touched)?;
         }
         rollup::refresh(&tx, &touched)?;
         if let Some(seq) = log_seq {
@@ -65,7 +64,7 @@ impl writer::Sink for Sink {
         }
         tx.commit().context("committing")?;
         self.checkpointer.nudge();
-        Ok(applied)
+        Ok(())
     }
 
     fn log_position(&mut self) -> anyhow::Result<u64> {

@@ -153,21 +153,18 @@ impl BatchTraces {
             return;
         };
         let model = model.unwrap_or_default();
-        let [input, output, total] = tokens.map(|t| t.unwrap_or(0));
-        let observation = Contribution {
-            observations: 1,
-            input,
-            output,
-            total,
-            cost,
-            ..Contribution::empty(model, *day)
+        let sum = match usage.get_mut(model) {
+            Some(sum) => sum,
+            None => usage
+                .entry(model.to_string())
+                .or_insert_with(|| Contribution::empty(model, *day)),
         };
-        match usage.get_mut(model) {
-            Some(sum) => sum.add(&observation),
-            None => {
-                usage.insert(model.to_string(), observation);
-            }
-        }
+        let [input, output, total] = tokens.map(|t| t.unwrap_or(0));
+        sum.observations += 1;
+        sum.input += input;
+        sum.output += output;
+        sum.total += total;
+        sum.cost += cost;
     }
 
     /// Every trace named, by project and id.
@@ -219,30 +216,14 @@ pub fn refresh(tx: &Transaction<'_>, batch: &BatchTraces) -> anyhow::Result<()> 
 fn add_fresh(tx: &Transaction<'_>, batch: &BatchTraces) -> anyhow::Result<()> {
     let mut traces_per_day: BTreeMap<(&str, i64), i64> = BTreeMap::new();
     let mut usage_per_day: BTreeMap<(&str, i64, &str), (i64, Contribution)> = BTreeMap::new();
-    let mut set_day =
-        tx.prepare_cached("UPDATE traces SET rollup_day = ?3 WHERE project_id = ?1 AND id = ?2")?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO trace_usage (project_id, trace_id, model, day, observations, input,
-            output, total, cost) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
     for (project, trace_id, touched) in batch.all() {
         let Touched::Created(day, usage) = touched else {
             continue;
         };
-        set_day.execute(params![project, trace_id, day])?;
+        set_rollup_day(tx, project, trace_id, *day)?;
         *traces_per_day.entry((project, *day)).or_default() += 1;
         for c in usage.values() {
-            insert.execute(params![
-                project,
-                trace_id,
-                c.model,
-                c.day,
-                c.observations,
-                c.input,
-                c.output,
-                c.total,
-                c.cost
-            ])?;
+            insert_usage(tx, project, trace_id, c)?;
             let (traces, sum) = usage_per_day
                 .entry((project, c.day, &c.model))
                 .or_insert_with(|| (0, Contribution::empty(&c.model, c.day)));
@@ -277,10 +258,7 @@ fn recompute(tx: &Transaction<'_>, touched: &[(&str, &str)]) -> anyhow::Result<(
                 count_trace(tx, project, old, -1)?;
             }
             count_trace(tx, project, day, 1)?;
-            tx.prepare_cached(
-                "UPDATE traces SET rollup_day = ?3 WHERE project_id = ?1 AND id = ?2",
-            )?
-            .execute(params![project, trace_id, day])?;
+            set_rollup_day(tx, project, trace_id, day)?;
         }
         let old = contributions(
             tx,
@@ -313,24 +291,47 @@ fn recompute(tx: &Transaction<'_>, touched: &[(&str, &str)]) -> anyhow::Result<(
         }
         tx.prepare_cached("DELETE FROM trace_usage WHERE project_id = ?1 AND trace_id = ?2")?
             .execute(params![project, trace_id])?;
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO trace_usage (project_id, trace_id, model, day, observations, input,
-                output, total, cost) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?;
         for c in &new {
-            insert.execute(params![
-                project,
-                trace_id,
-                c.model,
-                c.day,
-                c.observations,
-                c.input,
-                c.output,
-                c.total,
-                c.cost
-            ])?;
+            insert_usage(tx, project, trace_id, c)?;
         }
     }
+    Ok(())
+}
+
+/// Records the day that counts the trace.
+fn set_rollup_day(
+    tx: &Transaction<'_>,
+    project: &str,
+    trace_id: &str,
+    day: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE traces SET rollup_day = ?3 WHERE project_id = ?1 AND id = ?2")?
+        .execute(params![project, trace_id, day])?;
+    Ok(())
+}
+
+/// Stores what the trace adds to its day for one model.
+fn insert_usage(
+    tx: &Transaction<'_>,
+    project: &str,
+    trace_id: &str,
+    c: &Contribution,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO trace_usage (project_id, trace_id, model, day, observations, input,
+            output, total, cost) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        project,
+        trace_id,
+        c.model,
+        c.day,
+        c.observations,
+        c.input,
+        c.output,
+        c.total,
+        c.cost
+    ])?;
     Ok(())
 }
 

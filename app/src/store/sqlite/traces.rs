@@ -16,24 +16,22 @@ use crate::store::records::{
     token_cost,
 };
 
-/// Applies events in the caller's transaction. Returns, per event, whether it was new
-/// (false: its `event_id` was seen before, so it was skipped).
+/// Applies events in the caller's transaction; an event whose `event_id` was seen before
+/// is skipped.
 pub(super) fn apply(
     tx: &Transaction<'_>,
     batch: &[Ingest],
     prices: &PriceTable,
     now: i64,
     traces: &mut BatchTraces,
-) -> anyhow::Result<Vec<bool>> {
+) -> anyhow::Result<()> {
     let mut seen = tx.prepare_cached(
         "INSERT OR IGNORE INTO ingested_events (project_id, id, at) VALUES (?1, ?2, ?3)",
     )?;
-    let mut applied = Vec::with_capacity(batch.len());
     for ingest in batch {
         if let Some(event_id) = &ingest.event_id
             && seen.execute(params![ingest.project, event_id, now])? == 0
         {
-            applied.push(false);
             continue;
         }
         let project = &ingest.project;
@@ -68,9 +66,8 @@ pub(super) fn apply(
                 upsert_score(tx, project, s)?;
             }
         }
-        applied.push(true);
     }
-    Ok(applied)
+    Ok(())
 }
 
 /// Inserts or merges a trace; whether it was new.
@@ -180,6 +177,36 @@ fn upsert_observation(
     // defaulted), and it spares SQLite the statement journal and the RETURNING table an
     // upsert needs.
     let own_cost = own_cost(prices, o, now);
+    // ?1..?24 are what the merging update sets too; the insert alone adds ?25..?27.
+    let values = params![
+        project,
+        o.id,
+        o.kind,
+        o.parent_observation_id,
+        o.name,
+        o.start_time,
+        o.end_time,
+        o.completion_start_time,
+        o.model,
+        json(&o.model_parameters),
+        json(&o.input),
+        json(&o.output),
+        json(&o.metadata),
+        o.level,
+        o.status_message,
+        o.version,
+        o.environment,
+        to_i64(o.usage_input),
+        to_i64(o.usage_output),
+        to_i64(o.usage_total),
+        json(&o.usage_details),
+        json(&o.cost_details),
+        o.provided_cost,
+        now,
+        o.trace_id,
+        own_cost.map(|c| c.0),
+        own_cost.map(|c| c.1),
+    ];
     let inserted = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO observations (project_id, id, trace_id, type,
@@ -187,39 +214,11 @@ fn upsert_observation(
                 model_parameters, input, output, metadata, level, status_message, version,
                 environment, usage_input, usage_output, usage_total, usage_details, cost_details,
                 provided_cost, updated_at, calculated_input_cost, calculated_output_cost)
-             VALUES (?1, ?2, ?3, COALESCE(?4, 'SPAN'), ?5, ?6, COALESCE(?7, ?25), ?8, ?9, ?10,
-                ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26,
+             VALUES (?1, ?2, ?25, COALESCE(?3, 'SPAN'), ?4, ?5, COALESCE(?6, ?24), ?7, ?8, ?9,
+                ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?26,
                 ?27)",
         )?
-        .execute(params![
-            project,
-            o.id,
-            o.trace_id,
-            o.kind,
-            o.parent_observation_id,
-            o.name,
-            o.start_time,
-            o.end_time,
-            o.completion_start_time,
-            o.model,
-            json(&o.model_parameters),
-            json(&o.input),
-            json(&o.output),
-            json(&o.metadata),
-            o.level,
-            o.status_message,
-            o.version,
-            o.environment,
-            to_i64(o.usage_input),
-            to_i64(o.usage_output),
-            to_i64(o.usage_total),
-            json(&o.usage_details),
-            json(&o.cost_details),
-            o.provided_cost,
-            now,
-            own_cost.map(|c| c.0),
-            own_cost.map(|c| c.1),
-        ])
+        .execute(values)
         .context("inserting an observation")?;
     if inserted == 1 {
         // What the day totals add for it, as `rollup.rs` sums stored rows.
@@ -266,32 +265,7 @@ fn upsert_observation(
                 calculated_output_cost",
         )?
         .query_row(
-            params![
-                project,
-                o.id,
-                o.kind,
-                o.parent_observation_id,
-                o.name,
-                o.start_time,
-                o.end_time,
-                o.completion_start_time,
-                o.model,
-                json(&o.model_parameters),
-                json(&o.input),
-                json(&o.output),
-                json(&o.metadata),
-                o.level,
-                o.status_message,
-                o.version,
-                o.environment,
-                to_i64(o.usage_input),
-                to_i64(o.usage_output),
-                to_i64(o.usage_total),
-                json(&o.usage_details),
-                json(&o.cost_details),
-                o.provided_cost,
-                now,
-            ],
+            &values[..24],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
         )
         .context("updating an observation")?;
