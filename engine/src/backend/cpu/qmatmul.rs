@@ -59,6 +59,62 @@ const EMPTY_GROUP_BLOCK: GroupBlock = GroupBlock {
     values: [[0; BLOCK]; 4],
 };
 
+/// Eight quantized activation rows laid out for the eight-row kernels, which keep one
+/// token per vector lane: per block the rows' scales and sums, then the block's values in
+/// eight slices of four, each slice holding those four values of all eight rows side by
+/// side (`slices[s][4 * r + i]` is value `4 * s + i` of row `r`).
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Group8Block {
+    scales: [f32; 8],
+    sums: [f32; 8],
+    slices: [[i8; BLOCK]; 8],
+}
+
+const EMPTY_GROUP8_BLOCK: Group8Block = Group8Block {
+    scales: [0.0; 8],
+    sums: [0.0; 8],
+    slices: [[0; BLOCK]; 8],
+};
+
+/// Quantizes up to eight rows (`k` values each) straight into one eight-row group.
+fn quantize_group8(rows: &[f32], k: usize) -> Vec<Group8Block> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { quantize_group8_avx2(rows, k) };
+    }
+    quantize_group8_inline(rows, k, quantize_block)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_group8_avx2(rows: &[f32], k: usize) -> Vec<Group8Block> {
+    // SAFETY: AVX2 is enabled here.
+    quantize_group8_inline(rows, k, |c, v| unsafe { avx2::quantize_block(c, v) })
+}
+
+#[inline(always)]
+fn quantize_group8_inline(
+    rows: &[f32],
+    k: usize,
+    quantize: impl BlockQuantizer,
+) -> Vec<Group8Block> {
+    let mut group = vec![EMPTY_GROUP8_BLOCK; k / BLOCK];
+    let mut values = [0i8; BLOCK];
+    for (r, row) in rows.chunks_exact(k).take(8).enumerate() {
+        for (block, chunk) in group.iter_mut().zip(row.chunks_exact(BLOCK)) {
+            let (scale, sum) = quantize(chunk, &mut values);
+            block.scales[r] = scale;
+            block.sums[r] = sum;
+            for (slice, four) in block.slices.iter_mut().zip(values.chunks_exact(4)) {
+                slice[4 * r..4 * r + 4].copy_from_slice(four);
+            }
+        }
+    }
+    group
+}
+
 /// Quantizes up to four rows (`k` values each) straight into one interleaved group.
 fn quantize_group(rows: &[f32], k: usize) -> Vec<GroupBlock> {
     #[cfg(target_arch = "x86_64")]
@@ -66,21 +122,22 @@ fn quantize_group(rows: &[f32], k: usize) -> Vec<GroupBlock> {
         // SAFETY: the features were just detected.
         return unsafe { quantize_group_avx2(rows, k) };
     }
-    quantize_group_inline(rows, k)
+    quantize_group_inline(rows, k, quantize_block)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_group_avx2(rows: &[f32], k: usize) -> Vec<GroupBlock> {
-    quantize_group_inline(rows, k)
+    // SAFETY: AVX2 is enabled here.
+    quantize_group_inline(rows, k, |c, v| unsafe { avx2::quantize_block(c, v) })
 }
 
 #[inline(always)]
-fn quantize_group_inline(rows: &[f32], k: usize) -> Vec<GroupBlock> {
+fn quantize_group_inline(rows: &[f32], k: usize, quantize: impl BlockQuantizer) -> Vec<GroupBlock> {
     let mut group = vec![EMPTY_GROUP_BLOCK; k / BLOCK];
     for (r, row) in rows.chunks_exact(k).take(4).enumerate() {
         for (block, values) in group.iter_mut().zip(row.chunks_exact(BLOCK)) {
-            let (scale, sum) = quantize_block(values, &mut block.values[r]);
+            let (scale, sum) = quantize(values, &mut block.values[r]);
             block.scales[r] = scale;
             block.sums[r] = sum;
         }
@@ -94,18 +151,19 @@ fn quantize_row(row: &[f32]) -> QuantizedRow {
         // SAFETY: the features were just detected.
         return unsafe { quantize_row_avx2(row) };
     }
-    quantize_row_inline(row)
+    quantize_row_inline(row, quantize_block)
 }
 
 /// The same code compiled with AVX2 enabled, so the per-element loop vectorizes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_row_avx2(row: &[f32]) -> QuantizedRow {
-    quantize_row_inline(row)
+    // SAFETY: AVX2 is enabled here.
+    quantize_row_inline(row, |c, v| unsafe { avx2::quantize_block(c, v) })
 }
 
 #[inline(always)]
-fn quantize_row_inline(row: &[f32]) -> QuantizedRow {
+fn quantize_row_inline(row: &[f32], quantize: impl BlockQuantizer) -> QuantizedRow {
     let blocks = row.len() / BLOCK;
     let mut q = QuantizedRow {
         scales: Vec::with_capacity(blocks),
@@ -116,12 +174,17 @@ fn quantize_row_inline(row: &[f32]) -> QuantizedRow {
         .chunks_exact(BLOCK)
         .zip(q.values.chunks_exact_mut(BLOCK))
     {
-        let (scale, sum) = quantize_block(chunk, values);
+        let (scale, sum) = quantize(chunk, values);
         q.scales.push(scale);
         q.sums.push(sum);
     }
     q
 }
+
+/// Quantizes one block of 32 values to 8 bits: `quantize_block` or its SIMD twin, which
+/// gives bit for bit the same results.
+trait BlockQuantizer: Fn(&[f32], &mut [i8]) -> (f32, f32) {}
+impl<F: Fn(&[f32], &mut [i8]) -> (f32, f32)> BlockQuantizer for F {}
 
 /// One block of 32 values to 8 bits; returns its scale and the scaled sum of its values
 /// (for Q4_1's min term).
@@ -193,12 +256,21 @@ pub fn matmul(
             });
         return Ok(());
     }
-    // Four tokens per pass: each weight block is unpacked once for all four. Rows are
-    // interleaved in groups of four (the last padded with zero rows).
-    let groups: Vec<Vec<GroupBlock>> = lhs
-        .par_chunks(4 * k)
-        .map(|four| quantize_group(four, k))
+    // Several tokens per pass, so that each weight block is unpacked once for all of them:
+    // groups of eight (the last padded with zero rows) while more than four tokens remain,
+    // then one group of four for the rest.
+    let in_eights = if m % 8 > 4 {
+        m.next_multiple_of(8)
+    } else {
+        m - m % 8
+    }
+    .min(m);
+    let eights: Vec<Vec<Group8Block>> = lhs[..in_eights * k]
+        .par_chunks(8 * k)
+        .map(|eight| quantize_group8(eight, k))
         .collect();
+    let four = (in_eights < m).then(|| quantize_group(&lhs[in_eights * k..], k));
+    let dot8 = dot8_fn(format);
     // Each task owns a range of columns: its piece of every output row.
     let mut tasks: Vec<Vec<&mut [f32]>> = Vec::new();
     for row in dst[..m * n].chunks_exact_mut(n) {
@@ -216,11 +288,18 @@ pub fn matmul(
             .skip(c * chunk)
             .take(columns);
         for (j, w) in task_weights.enumerate() {
-            for (g, group) in groups.iter().enumerate() {
+            for (g, group) in eights.iter().enumerate() {
+                let mut eight = [0f32; 8];
+                dot8(w, group, &mut eight);
+                for (out, v) in rows[8 * g..].iter_mut().zip(eight) {
+                    out[j] = v;
+                }
+            }
+            if let Some(group) = &four {
                 let mut four = [0f32; 4];
                 dot4(w, group, &mut four);
-                for (r, v) in four.iter().enumerate().take(m - (4 * g).min(m)) {
-                    rows[4 * g + r][j] = *v;
+                for (out, v) in rows[in_eights..].iter_mut().zip(four) {
+                    out[j] = v;
                 }
             }
         }
@@ -231,6 +310,50 @@ pub fn matmul(
 type DotFn = fn(&[u8], &QuantizedRow) -> f32;
 /// Dots one weight row with a group of four activation rows.
 type Dot4Fn = fn(&[u8], &[GroupBlock], &mut [f32; 4]);
+
+/// Dots one weight row with a group of eight activation rows.
+type Dot8Fn = fn(&[u8], &[Group8Block], &mut [f32; 8]);
+
+fn dot8_fn(format: WeightFormat) -> Dot8Fn {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        return match format {
+            WeightFormat::Q4_1 => |w, x, out| unsafe { avx2::dot8_q4_1(w, x, out) },
+            WeightFormat::Q5_0 => |w, x, out| unsafe { avx2::dot8_q5_0(w, x, out) },
+            WeightFormat::Q8_0 => |w, x, out| unsafe { avx2::dot8_q8_0(w, x, out) },
+        };
+    }
+    match format {
+        WeightFormat::Q4_1 => |w, x, out| dot8_portable(dot_q4_1_portable, w, x, out),
+        WeightFormat::Q5_0 => |w, x, out| dot8_portable(dot_q5_0_portable, w, x, out),
+        WeightFormat::Q8_0 => |w, x, out| dot8_portable(dot_q8_0_portable, w, x, out),
+    }
+}
+
+fn dot8_portable(dot: DotFn, w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot(w, &group8_row(x, r));
+    }
+}
+
+/// The `r`th row of an eight-row group, for the one-row kernels.
+fn group8_row(x: &[Group8Block], r: usize) -> QuantizedRow {
+    QuantizedRow {
+        scales: x.iter().map(|b| b.scales[r]).collect(),
+        sums: x.iter().map(|b| b.sums[r]).collect(),
+        values: x
+            .iter()
+            .flat_map(|b| {
+                b.slices
+                    .iter()
+                    .flat_map(move |s| s[4 * r..4 * r + 4].to_vec())
+            })
+            .collect(),
+    }
+}
 
 fn dot4_fn(format: WeightFormat) -> Dot4Fn {
     #[cfg(target_arch = "x86_64")]
@@ -355,7 +478,186 @@ fn dot_q8_0_portable(w: &[u8], x: &QuantizedRow) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, GroupBlock, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, QuantizedRow};
+    use super::{BLOCK, Group8Block, GroupBlock, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, QuantizedRow};
+
+    /// `super::quantize_block`, vectorized, with the same results bit for bit: the same
+    /// products, rounded half away from zero, and an exact integer sum. (Called once per
+    /// block: the callers' closures can't take on their target features.)
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn quantize_block(chunk: &[f32], values: &mut [i8]) -> (f32, f32) {
+        assert!(chunk.len() >= BLOCK && values.len() >= BLOCK);
+        // SAFETY (whole body): 32 values in and out, checked above.
+        unsafe {
+            let input = chunk.as_ptr();
+            let v = [0, 8, 16, 24].map(|at| _mm256_loadu_ps(input.add(at)));
+            let sign = _mm256_set1_ps(-0.0);
+            let abs = v.map(|x| _mm256_andnot_ps(sign, x));
+            let max8 = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+            let max4 = _mm_max_ps(
+                _mm256_castps256_ps128(max8),
+                _mm256_extractf128_ps::<1>(max8),
+            );
+            let max2 = _mm_max_ps(max4, _mm_movehl_ps(max4, max4));
+            let amax = _mm_cvtss_f32(_mm_max_ss(max2, _mm_shuffle_ps::<0x55>(max2, max2)));
+            let scale = amax / 127.0;
+            let inverse = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+            let q = v.map(|x| {
+                let x = _mm256_mul_ps(x, inverse);
+                // roundf: truncate, then step away from zero when the dropped part is at
+                // least one half (exact: |x| < 2^23).
+                let truncated = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+                let dropped = _mm256_andnot_ps(sign, _mm256_sub_ps(x, truncated));
+                let away = _mm256_cmp_ps::<_CMP_GE_OQ>(dropped, _mm256_set1_ps(0.5));
+                let step = _mm256_or_ps(_mm256_and_ps(x, sign), _mm256_set1_ps(1.0));
+                _mm256_cvttps_epi32(_mm256_add_ps(truncated, _mm256_and_ps(away, step)))
+            });
+            // Bytes in order: packing interleaves 128-bit lanes, the permutation undoes it.
+            let bytes = _mm256_permutevar8x32_epi32(
+                _mm256_packs_epi16(
+                    _mm256_packs_epi32(q[0], q[1]),
+                    _mm256_packs_epi32(q[2], q[3]),
+                ),
+                _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+            );
+            _mm256_storeu_si256(values.as_mut_ptr().cast(), bytes);
+            let sum8 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let sum4 = _mm_add_epi32(
+                _mm256_castsi256_si128(sum8),
+                _mm256_extracti128_si256::<1>(sum8),
+            );
+            let sum2 = _mm_add_epi32(sum4, _mm_unpackhi_epi64(sum4, sum4));
+            let sum = _mm_cvtsi128_si32(_mm_add_epi32(sum2, _mm_shuffle_epi32::<1>(sum2)));
+            (
+                super::round_to_f16(scale),
+                super::round_to_f16(scale * sum as f32),
+            )
+        }
+    }
+
+    /// Bytes `at..at + 4` in every 32-bit lane.
+    #[inline(always)]
+    unsafe fn broadcast4(bytes: &[u8], at: usize) -> __m256i {
+        debug_assert!(at + 4 <= bytes.len());
+        // SAFETY: the caller keeps `at + 4` within `bytes`.
+        unsafe { _mm256_set1_epi32(bytes.as_ptr().add(at).cast::<i32>().read_unaligned()) }
+    }
+
+    /// The eight slices' accumulators added in `horizontal_sum`'s order, lane by lane: a
+    /// token's result in a group of eight is bit for bit its result alone.
+    #[inline(always)]
+    unsafe fn sum_slices(acc: &[__m256; 8]) -> __m256 {
+        // SAFETY: AVX is enabled by the callers.
+        unsafe {
+            let even = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+            let odd = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+            _mm256_add_ps(even, odd)
+        }
+    }
+
+    /// Adds slice `s` of a block of signed weights (`weights`: the slice in every lane)
+    /// times a group of eight tokens, one token per lane, to `acc`: the one-row kernels'
+    /// lane `s`, for each token.
+    #[inline(always)]
+    unsafe fn dot8_signed_slice(weights: __m256i, ds: __m256, xs: &[i8; BLOCK], acc: &mut __m256) {
+        // SAFETY: an aligned 32-byte slice (`Group8Block` is 32-aligned); AVX2 is enabled by
+        // the callers.
+        unsafe {
+            let xs = _mm256_load_si256(xs.as_ptr().cast());
+            // maddubs needs one unsigned operand: move the weights' signs onto the inputs.
+            let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                _mm256_maddubs_epi16(
+                    _mm256_sign_epi8(weights, weights),
+                    _mm256_sign_epi8(xs, weights),
+                ),
+                _mm256_set1_epi16(1),
+            ));
+            *acc = _mm256_fmadd_ps(ds, products, *acc);
+        }
+    }
+
+    /// Each token's block scale times the weight block's: `d * scale`, lane by lane.
+    #[inline(always)]
+    unsafe fn scales8(d: f32, xb: &Group8Block) -> __m256 {
+        // SAFETY: eight f32 at an aligned address.
+        unsafe { _mm256_mul_ps(_mm256_set1_ps(d), _mm256_load_ps(xb.scales.as_ptr())) }
+    }
+
+    /// # Safety
+    /// AVX2/FMA/F16C. Each lane sums in the same order as `dot_q4_1`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot8_q4_1(w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
+        let mask = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut min_terms = _mm256_setzero_ps();
+        for (block, xb) in w.chunks_exact(Q4_1_BYTES).zip(x) {
+            // SAFETY (whole body): 16 bytes of nibbles at block[4..20]; aligned fields in `xb`.
+            unsafe {
+                let (d, min) = two_f16(block);
+                let ds = scales8(d, xb);
+                let sums = _mm256_load_ps(xb.sums.as_ptr());
+                min_terms = _mm256_add_ps(min_terms, _mm256_mul_ps(_mm256_set1_ps(min), sums));
+                // Packed byte j holds value j (low nibble) and value j + 16 (high nibble):
+                // four packed bytes are slice s and slice s + 4.
+                for s in 0..4 {
+                    let packed = broadcast4(block, 4 + 4 * s);
+                    let low = _mm256_and_si256(packed, mask);
+                    let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
+                    for (slice, weights) in [(s, low), (s + 4, high)] {
+                        let xs = _mm256_load_si256(xb.slices[slice].as_ptr().cast());
+                        let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                            _mm256_maddubs_epi16(weights, xs),
+                            ones,
+                        ));
+                        acc[slice] = _mm256_fmadd_ps(ds, products, acc[slice]);
+                    }
+                }
+            }
+        }
+        let total = _mm256_add_ps(unsafe { sum_slices(&acc) }, min_terms);
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), total) };
+    }
+
+    /// # Safety
+    /// AVX2/FMA/F16C. Each lane sums in the same order as `dot_q8_0`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot8_q8_0(w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (block, xb) in w.chunks_exact(Q8_0_BYTES).zip(x) {
+            // SAFETY: 32 bytes of values at block[2..34].
+            unsafe {
+                let (d, _) = two_f16(block);
+                let ds = scales8(d, xb);
+                for (s, a) in acc.iter_mut().enumerate() {
+                    dot8_signed_slice(broadcast4(block, 2 + 4 * s), ds, &xb.slices[s], a);
+                }
+            }
+        }
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum_slices(&acc)) };
+    }
+
+    /// # Safety
+    /// AVX2/FMA/F16C. Each lane sums in the same order as `dot_q5_0`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot8_q5_0(w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (block, xb) in w.chunks_exact(Q5_0_BYTES).zip(x) {
+            // SAFETY: a whole Q5_0 block.
+            unsafe {
+                let (d, _) = two_f16(block);
+                let ds = scales8(d, xb);
+                let values = q5_0_bytes(block);
+                for (s, a) in acc.iter_mut().enumerate() {
+                    let slice = _mm256_permutevar8x32_epi32(values, _mm256_set1_epi32(s as i32));
+                    dot8_signed_slice(slice, ds, &xb.slices[s], a);
+                }
+            }
+        }
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum_slices(&acc)) };
+    }
 
     /// The two f16 values at the start of a block, as f32.
     #[inline(always)]
@@ -641,6 +943,38 @@ mod tests {
         out
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_quantizer_equals_the_scalar_one() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        // Values landing exactly on halves (ties round away from zero), zero blocks,
+        // tiny and large magnitudes, both signs.
+        let mut blocks: Vec<[f32; 32]> = vec![[0.0; 32]];
+        blocks.push(std::array::from_fn(|i| (i as f32 - 15.5) * 127.0 / 15.5));
+        blocks.push(std::array::from_fn(|i| {
+            if i == 0 { 127.0 } else { i as f32 - 16.5 }
+        }));
+        let mut seed = 7u64;
+        for magnitude in [1e-6f32, 0.3, 1.0, 40.0, 3e4] {
+            for _ in 0..200 {
+                blocks.push(std::array::from_fn(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    ((seed >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * magnitude
+                }));
+            }
+        }
+        for block in &blocks {
+            let (mut scalar, mut simd) = ([0i8; 32], [0i8; 32]);
+            let expected = quantize_block(block, &mut scalar);
+            // SAFETY: AVX2 was detected above.
+            let got = unsafe { avx2::quantize_block(block, &mut simd) };
+            assert_eq!(expected, got, "{block:?}");
+            assert_eq!(scalar, simd, "{block:?}");
+        }
+    }
+
     #[test]
     fn simd_and_portable_kernels_agree_with_float_math() {
         let k = 320;
@@ -648,8 +982,9 @@ mod tests {
         let weights_f: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
             .collect();
-        // Six rows: one four-row group plus a remainder of two.
-        let m = 6;
+        // Thirteen rows: two groups of eight, the second padded. Their first twelve, below:
+        // a group of eight and a group of four.
+        let m = 13;
         let lhs: Vec<f32> = (0..m * k)
             .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
             .collect();
@@ -678,8 +1013,10 @@ mod tests {
                 WeightFormat::Q8_0 => dot_q8_0_portable,
             };
             let row_bytes = k / 32 * format.block_bytes();
-            // A row computed in a group of four gives exactly what it gives alone: batched
-            // output equals unbatched output.
+            // A row computed in a group of four or eight gives exactly what it gives alone:
+            // batched output equals unbatched output.
+            let mut twelve = vec![0f32; 12 * n];
+            matmul(format, (12, k, n), &lhs[..12 * k], weights, &mut twelve).unwrap();
             for i in 0..m {
                 let mut alone = vec![0f32; n];
                 matmul(
@@ -690,7 +1027,14 @@ mod tests {
                     &mut alone,
                 )
                 .unwrap();
-                assert_eq!(alone, dst[i * n..(i + 1) * n], "{format:?} row {i}");
+                assert_eq!(alone, dst[i * n..(i + 1) * n], "{format:?} row {i} of {m}");
+                if i < 12 {
+                    assert_eq!(
+                        alone,
+                        twelve[i * n..(i + 1) * n],
+                        "{format:?} row {i} of 12"
+                    );
+                }
             }
             for i in 0..m {
                 for j in 0..n {
