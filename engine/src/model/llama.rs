@@ -13,7 +13,9 @@ use crate::error::{EngineError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::model::config::{LlamaConfig, RopeStyle};
 use crate::model::kv_cache::{BlockTable, KvPool};
-use crate::model::weights::{Embedding, Linear, dense_f32, map_safetensors_dir};
+use crate::model::weights::{
+    Embedding, Linear, dense_f32, forward_shared, forward_swiglu, map_safetensors_dir,
+};
 
 struct Layer {
     attn_norm: Tensor,
@@ -201,11 +203,10 @@ impl LlamaModel {
         for (layer_idx, layer) in self.layers.iter().enumerate() {
             let normed =
                 candle_nn::ops::rms_norm(&hidden, &layer.attn_norm, cfg.rms_norm_eps as f32)?;
-            let q = self.rope(&layer.q_proj.forward(&normed)?, cfg.n_heads, &cos, &sin)?;
-            let k = self.rope(&layer.k_proj.forward(&normed)?, cfg.n_kv_heads, &cos, &sin)?;
-            let v = layer
-                .v_proj
-                .forward(&normed)?
+            let [q, k, v] = forward_shared([&layer.q_proj, &layer.k_proj, &layer.v_proj], &normed)?;
+            let q = self.rope(&q, cfg.n_heads, &cos, &sin)?;
+            let k = self.rope(&k, cfg.n_kv_heads, &cos, &sin)?;
+            let v = v
                 .reshape((n, cfg.n_kv_heads, cfg.head_dim))?
                 .transpose(0, 1)?
                 .contiguous()?;
@@ -262,9 +263,8 @@ impl LlamaModel {
 
             let normed =
                 candle_nn::ops::rms_norm(&hidden, &layer.ffn_norm, cfg.rms_norm_eps as f32)?;
-            let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&normed)?)?;
-            let up = layer.up_proj.forward(&normed)?;
-            hidden = (hidden + layer.down_proj.forward(&(gate * up)?)?)?;
+            let gated = forward_swiglu(&layer.gate_proj, &layer.up_proj, &normed)?;
+            hidden = (hidden + layer.down_proj.forward(&gated)?)?;
         }
         for seg in segments.iter_mut() {
             seg.cache.advance(seg.tokens.len());

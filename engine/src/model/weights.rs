@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::error::Result;
+use crate::backend::cpu::qmatmul::{self, WeightFormat, Weights};
+use crate::error::{EngineError, Result};
 
 pub(crate) struct Linear {
     weight: QMatMul,
@@ -30,12 +33,98 @@ impl Linear {
 
     /// `[n, in] -> [n, out]`
     pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = self.weight.forward(xs)?;
+        self.add_bias(self.weight.forward(xs)?)
+    }
+
+    fn add_bias(&self, ys: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             Some(bias) => ys.broadcast_add(bias)?,
             None => ys,
         })
     }
+
+    /// The weight matrix, where it is in a format our CPU kernels read in place.
+    fn kernel_weights(&self) -> Option<Weights<'_>> {
+        let QMatMul::QTensor(tensor) = &self.weight else {
+            return None;
+        };
+        let format = match tensor.dtype() {
+            GgmlDType::Q4_1 => WeightFormat::Q4_1,
+            GgmlDType::Q5_0 => WeightFormat::Q5_0,
+            GgmlDType::Q8_0 => WeightFormat::Q8_0,
+            _ => return None,
+        };
+        let (rows, _) = tensor.shape().dims2().ok()?;
+        match tensor.data().ok()? {
+            Cow::Borrowed(bytes) => Some(Weights {
+                format,
+                bytes,
+                rows,
+            }),
+            Cow::Owned(_) => None,
+        }
+    }
+}
+
+/// `xs · Wᵀ + b` for several linears of one input `[n, in]`: one pass over all of them, with
+/// one quantization of `xs`, where our kernels read every weight; else one by one.
+pub(crate) fn forward_shared<const N: usize>(
+    linears: [&Linear; N],
+    xs: &Tensor,
+) -> Result<[Tensor; N]> {
+    let Some(weights) = linears
+        .iter()
+        .map(|l| l.kernel_weights())
+        .collect::<Option<Vec<_>>>()
+    else {
+        return try_map(linears, |l| l.forward(xs));
+    };
+    let (m, k) = xs.dims2()?;
+    let lhs = xs.flatten_all()?.to_vec1::<f32>()?;
+    let mut outputs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; m * w.rows]).collect();
+    let mut products: Vec<(Weights<'_>, &mut [f32])> = weights
+        .iter()
+        .copied()
+        .zip(outputs.iter_mut().map(Vec::as_mut_slice))
+        .collect();
+    qmatmul::matmul_shared(m, k, &lhs, &mut products).map_err(EngineError::ForwardFailed)?;
+    let mut outputs = outputs.into_iter().zip(&weights);
+    try_map(linears, |linear| {
+        let (ys, w) = outputs
+            .next()
+            .ok_or_else(|| EngineError::ForwardFailed("missing product".into()))?;
+        linear.add_bias(Tensor::from_vec(ys, (m, w.rows), xs.device())?)
+    })
+}
+
+/// A feed-forward block's gated activation `silu(xs · Wgᵀ) * (xs · Wuᵀ)`: one pass over both
+/// matrices where our kernels read them and there are no biases; else candle's ops.
+pub(crate) fn forward_swiglu(gate: &Linear, up: &Linear, xs: &Tensor) -> Result<Tensor> {
+    let fused = match (gate.kernel_weights(), up.kernel_weights()) {
+        (Some(g), Some(u)) if gate.bias.is_none() && up.bias.is_none() => Some((g, u)),
+        _ => None,
+    };
+    let Some((g, u)) = fused else {
+        let gated = candle_nn::ops::silu(&gate.forward(xs)?)?;
+        return Ok((gated * up.forward(xs)?)?);
+    };
+    let (m, k) = xs.dims2()?;
+    let lhs = xs.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; m * g.rows];
+    qmatmul::matmul_swiglu(m, k, &lhs, g, u, &mut out).map_err(EngineError::ForwardFailed)?;
+    Ok(Tensor::from_vec(out, (m, g.rows), xs.device())?)
+}
+
+fn try_map<T, U, const N: usize>(
+    items: [T; N],
+    mut f: impl FnMut(T) -> Result<U>,
+) -> Result<[U; N]> {
+    let mut out = Vec::with_capacity(N);
+    for item in items {
+        out.push(f(item)?);
+    }
+    out.try_into()
+        .map_err(|_| EngineError::ForwardFailed("array length".into()))
 }
 
 pub(crate) enum Embedding {

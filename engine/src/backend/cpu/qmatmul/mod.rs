@@ -1,0 +1,293 @@
+//! Quantized matrix multiplication `dst[m, n] = lhs[m, k] · weights[n, k]ᵀ` for GGUF's
+//! Q4_1, Q5_0 and Q8_0 weights, read in place from the file mapping. Activations are quantized to
+//! 8 bits per 32-element block (as llama.cpp does), then each weight row is dotted with
+//! every activation row while it is in cache: a batch of m tokens reads the weights once.
+//! Work is split over weight rows on the rayon pool. Products that share an input (a
+//! layer's Q, K and V; its gate and up projections) quantize it once and share one pass.
+
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod kernels;
+mod quantize;
+#[cfg(test)]
+mod tests;
+
+use kernels::{Dot4Fn, Dot8Fn, DotFn};
+use quantize::{Group8Block, GroupBlock, QuantizedRow};
+
+/// Elements per quantization block, for both formats.
+pub const BLOCK: usize = 32;
+/// Q4_1: f16 scale, f16 min, 16 bytes of nibbles.
+pub const Q4_1_BYTES: usize = 20;
+/// Q5_0: f16 scale, 32 high bits, 16 bytes of low nibbles; values are 5 bits minus 16.
+/// (Llama-family GGUFs whose hidden size is not a multiple of 256, such as Qwen2.5-0.5B,
+/// carry most of their weights in it: K-quants need rows of whole 256-value blocks.)
+pub const Q5_0_BYTES: usize = 22;
+/// Q8_0: f16 scale, 32 signed bytes.
+pub const Q8_0_BYTES: usize = 34;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    Q4_1,
+    Q5_0,
+    Q8_0,
+}
+
+impl WeightFormat {
+    fn row_bytes(self, k: usize) -> usize {
+        k / BLOCK * self.block_bytes()
+    }
+
+    fn block_bytes(self) -> usize {
+        match self {
+            WeightFormat::Q4_1 => Q4_1_BYTES,
+            WeightFormat::Q5_0 => Q5_0_BYTES,
+            WeightFormat::Q8_0 => Q8_0_BYTES,
+        }
+    }
+}
+
+/// A weight matrix in one of our formats: `rows` rows of `k / 32` blocks each.
+#[derive(Debug, Clone, Copy)]
+pub struct Weights<'a> {
+    pub format: WeightFormat,
+    pub bytes: &'a [u8],
+    pub rows: usize,
+}
+
+/// Multiplies; `weights` holds `n` rows of `k / 32` blocks in `format`.
+pub fn matmul(
+    format: WeightFormat,
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    weights: &[u8],
+    dst: &mut [f32],
+) -> Result<(), String> {
+    let weights = Weights {
+        format,
+        bytes: weights,
+        rows: n,
+    };
+    matmul_shared(m, k, lhs, &mut [(weights, dst)])
+}
+
+/// Several products of one input `lhs[m, k]`: each `(weights, dst)` gets
+/// `dst[m, weights.rows] = lhs · weightsᵀ`. The input is quantized once and every matrix's
+/// rows are split over the pool in one pass.
+pub fn matmul_shared(
+    m: usize,
+    k: usize,
+    lhs: &[f32],
+    products: &mut [(Weights<'_>, &mut [f32])],
+) -> Result<(), String> {
+    for (weights, dst) in products.iter() {
+        check_sizes(m, k, lhs, weights, dst)?;
+    }
+    if m == 0 || k == 0 {
+        for (weights, dst) in products.iter_mut() {
+            dst[..m * weights.rows].fill(0.0);
+        }
+        return Ok(());
+    }
+    let input = Activations::new(lhs, m, k);
+    let mut tasks = Vec::new();
+    for (weights, dst) in products.iter_mut() {
+        tasks.extend(Task::split(*weights, k, m, dst));
+    }
+    tasks.into_par_iter().for_each(|mut task| {
+        let mut column = vec![0f32; m];
+        for (j, w) in task.rows().enumerate() {
+            input.dot_row(&task.kernels, w, &mut column);
+            for (out, v) in task.outputs.iter_mut().zip(&column) {
+                out[j] = *v;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A feed-forward block's gated activation: `dst[m, n] = silu(lhs · gateᵀ) * (lhs · upᵀ)`,
+/// with one quantization of `lhs` and one pass over both matrices.
+pub fn matmul_swiglu(
+    m: usize,
+    k: usize,
+    lhs: &[f32],
+    gate: Weights<'_>,
+    up: Weights<'_>,
+    dst: &mut [f32],
+) -> Result<(), String> {
+    check_sizes(m, k, lhs, &gate, dst)?;
+    check_sizes(m, k, lhs, &up, dst)?;
+    if gate.rows != up.rows {
+        return Err(format!("gate has {} rows, up {}", gate.rows, up.rows));
+    }
+    if m == 0 || k == 0 {
+        dst[..m * gate.rows].fill(0.0);
+        return Ok(());
+    }
+    let input = Activations::new(lhs, m, k);
+    let up_kernels = Kernels::new(up.format);
+    let up_row_bytes = up.format.row_bytes(k);
+    Task::split(gate, k, m, dst)
+        .into_par_iter()
+        .for_each(|mut task| {
+            let (mut gated, mut linear) = (vec![0f32; m], vec![0f32; m]);
+            let up_rows = up.bytes[task.first_row * up_row_bytes..].chunks_exact(up_row_bytes);
+            for (j, (g, u)) in task.rows().zip(up_rows).enumerate() {
+                input.dot_row(&task.kernels, g, &mut gated);
+                input.dot_row(&up_kernels, u, &mut linear);
+                for ((out, g), u) in task.outputs.iter_mut().zip(&gated).zip(&linear) {
+                    out[j] = silu(*g) * u;
+                }
+            }
+        });
+    Ok(())
+}
+
+/// As candle's `silu`, so that the fused product equals the unfused one bit for bit.
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn check_sizes(
+    m: usize,
+    k: usize,
+    lhs: &[f32],
+    weights: &Weights<'_>,
+    dst: &[f32],
+) -> Result<(), String> {
+    if !k.is_multiple_of(BLOCK) {
+        return Err(format!("k = {k} is not a multiple of {BLOCK}"));
+    }
+    let n = weights.rows;
+    if lhs.len() != m * k
+        || weights.bytes.len() < n * weights.format.row_bytes(k)
+        || dst.len() < m * n
+    {
+        return Err(format!(
+            "bad sizes for ({m}, {k}, {n}): lhs {}, weights {}, dst {}",
+            lhs.len(),
+            weights.bytes.len(),
+            dst.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A format's kernels, picked once per product.
+#[derive(Clone, Copy)]
+struct Kernels {
+    dot: DotFn,
+    dot4: Dot4Fn,
+    dot8: Dot8Fn,
+}
+
+impl Kernels {
+    fn new(format: WeightFormat) -> Self {
+        Self {
+            dot: kernels::dot_fn(format),
+            dot4: kernels::dot4_fn(format),
+            dot8: kernels::dot8_fn(format),
+        }
+    }
+}
+
+/// An input quantized once, in the layout its token count calls for.
+enum Activations {
+    /// One token: the one-row kernels.
+    Row(QuantizedRow),
+    /// Several tokens, so that each weight block is unpacked once for all of them: groups
+    /// of eight (the last padded with zero rows) while more than four tokens remain, then
+    /// one group of four for the rest.
+    Groups {
+        eights: Vec<Vec<Group8Block>>,
+        four: Option<Vec<GroupBlock>>,
+    },
+}
+
+impl Activations {
+    fn new(lhs: &[f32], m: usize, k: usize) -> Self {
+        if m == 1 {
+            return Self::Row(quantize::quantize_row(lhs));
+        }
+        let in_eights = if m % 8 > 4 {
+            m.next_multiple_of(8)
+        } else {
+            m - m % 8
+        }
+        .min(m);
+        Self::Groups {
+            eights: lhs[..in_eights * k]
+                .par_chunks(8 * k)
+                .map(|eight| quantize::quantize_group8(eight, k))
+                .collect(),
+            four: (in_eights < m).then(|| quantize::quantize_group(&lhs[in_eights * k..], k)),
+        }
+    }
+
+    /// One weight row dotted with every token: `out[t]` for token `t`.
+    fn dot_row(&self, kernels: &Kernels, w: &[u8], out: &mut [f32]) {
+        match self {
+            Self::Row(row) => out[0] = (kernels.dot)(w, row),
+            Self::Groups { eights, four } => {
+                let mut rest = &mut out[..];
+                for group in eights {
+                    let mut eight = [0f32; 8];
+                    (kernels.dot8)(w, group, &mut eight);
+                    let n = rest.len().min(8);
+                    rest[..n].copy_from_slice(&eight[..n]);
+                    rest = &mut rest[n..];
+                }
+                if let Some(group) = four {
+                    let mut four = [0f32; 4];
+                    (kernels.dot4)(w, group, &mut four);
+                    let n = rest.len().min(4);
+                    rest[..n].copy_from_slice(&four[..n]);
+                }
+            }
+        }
+    }
+}
+
+/// A range of one matrix's rows, with its piece of every output row: enough work to
+/// amortise scheduling, few enough tasks to balance.
+struct Task<'a, 'd> {
+    weights: &'a [u8],
+    row_bytes: usize,
+    first_row: usize,
+    kernels: Kernels,
+    outputs: Vec<&'d mut [f32]>,
+}
+
+impl<'a, 'd> Task<'a, 'd> {
+    fn split(weights: Weights<'a>, k: usize, m: usize, dst: &'d mut [f32]) -> Vec<Self> {
+        let n = weights.rows;
+        let chunk = (n / (rayon::current_num_threads() * 8)).clamp(16, 512);
+        let row_bytes = weights.format.row_bytes(k);
+        let kernels = Kernels::new(weights.format);
+        let mut tasks: Vec<Self> = Vec::new();
+        for row in dst[..m * n].chunks_exact_mut(n) {
+            for (c, piece) in row.chunks_mut(chunk).enumerate() {
+                if c == tasks.len() {
+                    tasks.push(Task {
+                        weights: &weights.bytes[c * chunk * row_bytes..],
+                        row_bytes,
+                        first_row: c * chunk,
+                        kernels,
+                        outputs: Vec::with_capacity(m),
+                    });
+                }
+                tasks[c].outputs.push(piece);
+            }
+        }
+        tasks
+    }
+
+    /// This task's weight rows.
+    fn rows(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        let columns = self.outputs.first().map_or(0, |r| r.len());
+        self.weights.chunks_exact(self.row_bytes).take(columns)
+    }
+}

@@ -1,0 +1,183 @@
+//! Activations quantized to 8 bits per 32-value block, as llama.cpp's Q8_0/Q8_1, in the
+//! three layouts the kernels read: one row, groups of four rows interleaved block by block,
+//! and groups of eight with one row per vector lane.
+
+use super::BLOCK;
+#[cfg(target_arch = "x86_64")]
+use super::avx2;
+
+/// One activation row quantized to 8 bits: per block a scale, the scaled sum of its
+/// values (for Q4_1's min term) and 32 signed values.
+pub(super) struct QuantizedRow {
+    pub(super) scales: Vec<f32>,
+    pub(super) sums: Vec<f32>,
+    pub(super) values: Vec<i8>,
+}
+
+/// Four quantized activation rows interleaved block by block, so that the four-row kernels
+/// walk one array: per block, the rows' scales, their sums, then their 32 values each.
+/// Rows past the end of the batch are zero and their results are dropped.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(super) struct GroupBlock {
+    pub(super) scales: [f32; 4],
+    pub(super) sums: [f32; 4],
+    pub(super) values: [[i8; BLOCK]; 4],
+}
+
+const EMPTY_GROUP_BLOCK: GroupBlock = GroupBlock {
+    scales: [0.0; 4],
+    sums: [0.0; 4],
+    values: [[0; BLOCK]; 4],
+};
+
+/// Eight quantized activation rows laid out for the eight-row kernels, which keep one
+/// token per vector lane: per block the rows' scales and sums, then the block's values in
+/// eight slices of four, each slice holding those four values of all eight rows side by
+/// side (`slices[s][4 * r + i]` is value `4 * s + i` of row `r`).
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(super) struct Group8Block {
+    pub(super) scales: [f32; 8],
+    pub(super) sums: [f32; 8],
+    pub(super) slices: [[i8; BLOCK]; 8],
+}
+
+const EMPTY_GROUP8_BLOCK: Group8Block = Group8Block {
+    scales: [0.0; 8],
+    sums: [0.0; 8],
+    slices: [[0; BLOCK]; 8],
+};
+
+/// Quantizes up to eight rows (`k` values each) straight into one eight-row group.
+pub(super) fn quantize_group8(rows: &[f32], k: usize) -> Vec<Group8Block> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { quantize_group8_avx2(rows, k) };
+    }
+    quantize_group8_inline(rows, k, quantize_block)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_group8_avx2(rows: &[f32], k: usize) -> Vec<Group8Block> {
+    // SAFETY: AVX2 is enabled here.
+    quantize_group8_inline(rows, k, |c, v| unsafe { avx2::quantize_block(c, v) })
+}
+
+#[inline(always)]
+fn quantize_group8_inline(
+    rows: &[f32],
+    k: usize,
+    quantize: impl BlockQuantizer,
+) -> Vec<Group8Block> {
+    let mut group = vec![EMPTY_GROUP8_BLOCK; k / BLOCK];
+    let mut values = [0i8; BLOCK];
+    for (r, row) in rows.chunks_exact(k).take(8).enumerate() {
+        for (block, chunk) in group.iter_mut().zip(row.chunks_exact(BLOCK)) {
+            let (scale, sum) = quantize(chunk, &mut values);
+            block.scales[r] = scale;
+            block.sums[r] = sum;
+            for (slice, four) in block.slices.iter_mut().zip(values.chunks_exact(4)) {
+                slice[4 * r..4 * r + 4].copy_from_slice(four);
+            }
+        }
+    }
+    group
+}
+
+/// Quantizes up to four rows (`k` values each) straight into one interleaved group.
+pub(super) fn quantize_group(rows: &[f32], k: usize) -> Vec<GroupBlock> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { quantize_group_avx2(rows, k) };
+    }
+    quantize_group_inline(rows, k, quantize_block)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_group_avx2(rows: &[f32], k: usize) -> Vec<GroupBlock> {
+    // SAFETY: AVX2 is enabled here.
+    quantize_group_inline(rows, k, |c, v| unsafe { avx2::quantize_block(c, v) })
+}
+
+#[inline(always)]
+fn quantize_group_inline(rows: &[f32], k: usize, quantize: impl BlockQuantizer) -> Vec<GroupBlock> {
+    let mut group = vec![EMPTY_GROUP_BLOCK; k / BLOCK];
+    for (r, row) in rows.chunks_exact(k).take(4).enumerate() {
+        for (block, values) in group.iter_mut().zip(row.chunks_exact(BLOCK)) {
+            let (scale, sum) = quantize(values, &mut block.values[r]);
+            block.scales[r] = scale;
+            block.sums[r] = sum;
+        }
+    }
+    group
+}
+
+pub(super) fn quantize_row(row: &[f32]) -> QuantizedRow {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { quantize_row_avx2(row) };
+    }
+    quantize_row_inline(row, quantize_block)
+}
+
+/// The same code compiled with AVX2 enabled, so the per-element loop vectorizes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(row: &[f32]) -> QuantizedRow {
+    // SAFETY: AVX2 is enabled here.
+    quantize_row_inline(row, |c, v| unsafe { avx2::quantize_block(c, v) })
+}
+
+#[inline(always)]
+fn quantize_row_inline(row: &[f32], quantize: impl BlockQuantizer) -> QuantizedRow {
+    let blocks = row.len() / BLOCK;
+    let mut q = QuantizedRow {
+        scales: Vec::with_capacity(blocks),
+        sums: Vec::with_capacity(blocks),
+        values: vec![0; row.len()],
+    };
+    for (chunk, values) in row
+        .chunks_exact(BLOCK)
+        .zip(q.values.chunks_exact_mut(BLOCK))
+    {
+        let (scale, sum) = quantize(chunk, values);
+        q.scales.push(scale);
+        q.sums.push(sum);
+    }
+    q
+}
+
+/// Quantizes one block of 32 values to 8 bits: `quantize_block` or its SIMD twin, which
+/// gives bit for bit the same results.
+trait BlockQuantizer: Fn(&[f32], &mut [i8]) -> (f32, f32) {}
+impl<F: Fn(&[f32], &mut [i8]) -> (f32, f32)> BlockQuantizer for F {}
+
+/// One block of 32 values to 8 bits; returns its scale and the scaled sum of its values
+/// (for Q4_1's min term).
+#[inline(always)]
+pub(super) fn quantize_block(chunk: &[f32], values: &mut [i8]) -> (f32, f32) {
+    let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let scale = amax / 127.0;
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sum = 0i32;
+    for (v, out) in chunk.iter().zip(values.iter_mut()) {
+        // Half away from zero, as llama.cpp's reference `roundf` (ties to even follows
+        // it less closely: see engine/tests/greedy_parity.rs).
+        let x = (v * inverse).round() as i32;
+        *out = x as i8;
+        sum += x;
+    }
+    // Stored at f16 precision, as llama.cpp's Q8_0/Q8_1 blocks do, so that greedy decoding
+    // follows llama.cpp's numerics as closely as possible.
+    (round_to_f16(scale), round_to_f16(scale * sum as f32))
+}
+
+pub(super) fn round_to_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
