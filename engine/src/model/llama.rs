@@ -354,13 +354,42 @@ fn rope_tables(config: &LlamaConfig, freq_factors: Option<&Tensor>) -> Result<(T
     Ok((angles.cos()?, angles.sin()?))
 }
 
-/// The index of the largest logit; ties go to the lowest index, as in llama.cpp.
+/// The index of the largest logit; ties go to the lowest index, as in llama.cpp. NaNs are
+/// never picked (0 if every logit is NaN).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
+    // The maximum over eight independent lanes (which vectorizes), then its first position.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = logits.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(v);
         }
     }
-    best as u32
+    let max = lanes
+        .into_iter()
+        .chain(tail.iter().copied())
+        .fold(f32::NEG_INFINITY, f32::max);
+    logits.iter().position(|&v| v == max).unwrap_or(0) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax;
+
+    #[test]
+    fn argmax_takes_the_first_of_equal_maxima_and_skips_nans() {
+        let mut logits: Vec<f32> = (0..37).map(|i| (i % 7) as f32).collect();
+        assert_eq!(argmax(&logits), 6);
+        logits[30] = 9.0;
+        logits[35] = 9.0;
+        assert_eq!(argmax(&logits), 30);
+        logits[3] = f32::NAN;
+        assert_eq!(argmax(&logits), 30);
+        logits[36] = 10.0; // in the tail past the last whole chunk of eight
+        assert_eq!(argmax(&logits), 36);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 5]), 0);
+        assert_eq!(argmax(&[f32::NAN; 3]), 0);
+        assert_eq!(argmax(&[]), 0);
+    }
 }
