@@ -1,3 +1,6 @@
+//! The kernels against float math and against each other: SIMD and portable, one row and
+//! groups, fused and separate products, the SIMD quantizer and the scalar one.
+
 use super::kernels::*;
 use super::quantize::{QuantizedRow, quantize_block, quantize_row};
 use super::*;
