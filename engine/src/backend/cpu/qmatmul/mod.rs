@@ -97,6 +97,14 @@ pub fn matmul_shared(
         tasks.extend(Task::split(*weights, k, m, dst));
     }
     tasks.into_par_iter().for_each(|mut task| {
+        if let Activations::Row(row) = &input {
+            // One token: straight into its output row.
+            let rows = task.rows();
+            for (out, w) in task.outputs[0].iter_mut().zip(rows) {
+                *out = (task.kernels.dot)(w, row);
+            }
+            return;
+        }
         let mut column = vec![0f32; m];
         for (j, w) in task.rows().enumerate() {
             input.dot_row(&task.kernels, w, &mut column);
@@ -264,6 +272,9 @@ struct Task<'a, 'd> {
 impl<'a, 'd> Task<'a, 'd> {
     fn split(weights: Weights<'a>, k: usize, m: usize, dst: &'d mut [f32]) -> Vec<Self> {
         let n = weights.rows;
+        if n == 0 {
+            return Vec::new();
+        }
         let chunk = (n / (rayon::current_num_threads() * 8)).clamp(16, 512);
         let row_bytes = weights.format.row_bytes(k);
         let kernels = Kernels::new(weights.format);

@@ -190,6 +190,16 @@ fn fused_products_equal_separate_ones() {
         ..weights(0)
     };
     assert!(matmul_shared(1, k, &[0.0; 95], &mut [(short, &mut dst)]).is_err());
+    // An empty matrix is an empty product, not a panic.
+    let empty = Weights {
+        rows: 0,
+        ..weights(0)
+    };
+    for m in [1, 8] {
+        let lhs = vec![0.5; m * k];
+        matmul_shared(m, k, &lhs, &mut [(empty, &mut [])]).unwrap();
+        matmul_swiglu(m, k, &lhs, empty, empty, &mut []).unwrap();
+    }
 }
 
 #[test]
