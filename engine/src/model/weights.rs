@@ -1,9 +1,8 @@
 //! Weight access shared by the GGUF and safetensors loaders: quantized or dense matrices
 //! behind one `Linear`, and embeddings that dequantize only the rows they look up.
 
-use std::sync::Arc;
-
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -79,8 +78,7 @@ pub(crate) fn forward_shared<const N: usize>(
     else {
         return try_map(linears, |l| l.forward(xs));
     };
-    let (m, k) = xs.dims2()?;
-    let lhs = xs.flatten_all()?.to_vec1::<f32>()?;
+    let (m, k, lhs) = input_rows(xs)?;
     let mut outputs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; m * w.rows]).collect();
     let mut products: Vec<(Weights<'_>, &mut [f32])> = weights
         .iter()
@@ -88,13 +86,20 @@ pub(crate) fn forward_shared<const N: usize>(
         .zip(outputs.iter_mut().map(Vec::as_mut_slice))
         .collect();
     qmatmul::matmul_shared(m, k, &lhs, &mut products).map_err(EngineError::ForwardFailed)?;
-    let mut outputs = outputs.into_iter().zip(&weights);
+    let mut products = outputs.into_iter().zip(&weights);
     try_map(linears, |linear| {
-        let (ys, w) = outputs
+        // One product per linear: `weights` was collected from `linears`.
+        let (ys, w) = products
             .next()
-            .ok_or_else(|| EngineError::ForwardFailed("missing product".into()))?;
+            .ok_or_else(|| EngineError::ForwardFailed("a product short".into()))?;
         linear.add_bias(Tensor::from_vec(ys, (m, w.rows), xs.device())?)
     })
+}
+
+/// `[m, k]` as row-major values, for our kernels.
+fn input_rows(xs: &Tensor) -> Result<(usize, usize, Vec<f32>)> {
+    let (m, k) = xs.dims2()?;
+    Ok((m, k, xs.flatten_all()?.to_vec1::<f32>()?))
 }
 
 /// A feed-forward block's gated activation `silu(xs · Wgᵀ) * (xs · Wuᵀ)`: one pass over both
@@ -108,8 +113,7 @@ pub(crate) fn forward_swiglu(gate: &Linear, up: &Linear, xs: &Tensor) -> Result<
         let gated = candle_nn::ops::silu(&gate.forward(xs)?)?;
         return Ok((gated * up.forward(xs)?)?);
     };
-    let (m, k) = xs.dims2()?;
-    let lhs = xs.flatten_all()?.to_vec1::<f32>()?;
+    let (m, k, lhs) = input_rows(xs)?;
     let mut out = vec![0f32; m * g.rows];
     qmatmul::matmul_swiglu(m, k, &lhs, g, u, &mut out).map_err(EngineError::ForwardFailed)?;
     Ok(Tensor::from_vec(out, (m, g.rows), xs.device())?)

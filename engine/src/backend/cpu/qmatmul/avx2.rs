@@ -8,8 +8,7 @@ use super::quantize::{Group8Block, GroupBlock, QuantizedRow};
 use super::{BLOCK, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES};
 
 /// `super::quantize_block`, vectorized, with the same results bit for bit: the same
-/// products, rounded half away from zero, and an exact integer sum. (Called once per
-/// block: the callers' closures can't take on their target features.)
+/// products, rounded half away from zero, and an exact integer sum.
 ///
 /// # Safety
 /// The CPU must support AVX2.

@@ -11,35 +11,86 @@ pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
+/// Dots one weight row with one activation row.
 pub(super) type DotFn = fn(&[u8], &QuantizedRow) -> f32;
 /// Dots one weight row with a group of four activation rows.
 pub(super) type Dot4Fn = fn(&[u8], &[GroupBlock], &mut [f32; 4]);
-
 /// Dots one weight row with a group of eight activation rows.
 pub(super) type Dot8Fn = fn(&[u8], &[Group8Block], &mut [f32; 8]);
 
-pub(super) fn dot8_fn(format: WeightFormat) -> Dot8Fn {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
-        return match format {
-            WeightFormat::Q4_1 => |w, x, out| unsafe { avx2::dot8_q4_1(w, x, out) },
-            WeightFormat::Q5_0 => |w, x, out| unsafe { avx2::dot8_q5_0(w, x, out) },
-            WeightFormat::Q8_0 => |w, x, out| unsafe { avx2::dot8_q8_0(w, x, out) },
-        };
-    }
-    match format {
-        WeightFormat::Q4_1 => |w, x, out| dot8_portable(dot_q4_1_portable, w, x, out),
-        WeightFormat::Q5_0 => |w, x, out| dot8_portable(dot_q5_0_portable, w, x, out),
-        WeightFormat::Q8_0 => |w, x, out| dot8_portable(dot_q8_0_portable, w, x, out),
+/// A format's kernels for each activation layout, picked once per product.
+#[derive(Clone, Copy)]
+pub(super) struct Kernels {
+    pub(super) dot: DotFn,
+    pub(super) dot4: Dot4Fn,
+    pub(super) dot8: Dot8Fn,
+}
+
+impl Kernels {
+    pub(super) fn new(format: WeightFormat) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            // SAFETY (every kernel): the features were just detected.
+            return match format {
+                WeightFormat::Q4_1 => Self {
+                    dot: |w, x| unsafe { avx2::dot_q4_1(w, x) },
+                    dot4: |w, x, out| unsafe { avx2::dot4_q4_1(w, x, out) },
+                    dot8: |w, x, out| unsafe { avx2::dot8_q4_1(w, x, out) },
+                },
+                WeightFormat::Q5_0 => Self {
+                    dot: |w, x| unsafe { avx2::dot_q5_0(w, x) },
+                    dot4: |w, x, out| unsafe { avx2::dot4_q5_0(w, x, out) },
+                    dot8: |w, x, out| unsafe { avx2::dot8_q5_0(w, x, out) },
+                },
+                WeightFormat::Q8_0 => Self {
+                    dot: |w, x| unsafe { avx2::dot_q8_0(w, x) },
+                    dot4: |w, x, out| unsafe { avx2::dot4_q8_0(w, x, out) },
+                    dot8: |w, x, out| unsafe { avx2::dot8_q8_0(w, x, out) },
+                },
+            };
+        }
+        // Portable: each row of a group through the one-row kernel.
+        match format {
+            WeightFormat::Q4_1 => Self {
+                dot: dot_q4_1_portable,
+                dot4: |w, x, out| dot4_portable(dot_q4_1_portable, w, x, out),
+                dot8: |w, x, out| dot8_portable(dot_q4_1_portable, w, x, out),
+            },
+            WeightFormat::Q5_0 => Self {
+                dot: dot_q5_0_portable,
+                dot4: |w, x, out| dot4_portable(dot_q5_0_portable, w, x, out),
+                dot8: |w, x, out| dot8_portable(dot_q5_0_portable, w, x, out),
+            },
+            WeightFormat::Q8_0 => Self {
+                dot: dot_q8_0_portable,
+                dot4: |w, x, out| dot4_portable(dot_q8_0_portable, w, x, out),
+                dot8: |w, x, out| dot8_portable(dot_q8_0_portable, w, x, out),
+            },
+        }
     }
 }
 
-pub(super) fn dot8_portable(dot: DotFn, w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
+fn dot4_portable(dot: DotFn, w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot(w, &group_row(x, r));
+    }
+}
+
+fn dot8_portable(dot: DotFn, w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
     for (r, o) in out.iter_mut().enumerate() {
         *o = dot(w, &group8_row(x, r));
+    }
+}
+
+/// The `r`th row of a four-row group, for the one-row kernels.
+fn group_row(x: &[GroupBlock], r: usize) -> QuantizedRow {
+    QuantizedRow {
+        scales: x.iter().map(|b| b.scales[r]).collect(),
+        sums: x.iter().map(|b| b.sums[r]).collect(),
+        values: x.iter().flat_map(|b| b.values[r]).collect(),
     }
 }
 
@@ -53,47 +104,9 @@ fn group8_row(x: &[Group8Block], r: usize) -> QuantizedRow {
             .flat_map(|b| {
                 b.slices
                     .iter()
-                    .flat_map(move |s| s[4 * r..4 * r + 4].to_vec())
+                    .flat_map(move |s| s[4 * r..4 * r + 4].iter().copied())
             })
             .collect(),
-    }
-}
-
-pub(super) fn dot4_fn(format: WeightFormat) -> Dot4Fn {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
-        return match format {
-            WeightFormat::Q4_1 => |w, x, out| unsafe { avx2::dot4_q4_1(w, x, out) },
-            WeightFormat::Q5_0 => |w, x, out| unsafe { avx2::dot4_q5_0(w, x, out) },
-            WeightFormat::Q8_0 => |w, x, out| unsafe { avx2::dot4_q8_0(w, x, out) },
-        };
-    }
-    match format {
-        WeightFormat::Q4_1 => dot4_q4_1_portable,
-        WeightFormat::Q5_0 => dot4_q5_0_portable,
-        WeightFormat::Q8_0 => dot4_q8_0_portable,
-    }
-}
-
-pub(super) fn dot_fn(format: WeightFormat) -> DotFn {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
-        return match format {
-            WeightFormat::Q4_1 => |w, x| unsafe { avx2::dot_q4_1(w, x) },
-            WeightFormat::Q5_0 => |w, x| unsafe { avx2::dot_q5_0(w, x) },
-            WeightFormat::Q8_0 => |w, x| unsafe { avx2::dot_q8_0(w, x) },
-        };
-    }
-    match format {
-        WeightFormat::Q4_1 => dot_q4_1_portable,
-        WeightFormat::Q5_0 => dot_q5_0_portable,
-        WeightFormat::Q8_0 => dot_q8_0_portable,
     }
 }
 
@@ -120,12 +133,6 @@ pub(super) fn dot_q5_0_portable(w: &[u8], x: &QuantizedRow) -> f32 {
     total
 }
 
-pub(super) fn dot4_q5_0_portable(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = dot_q5_0_portable(w, &group_row(x, r));
-    }
-}
-
 pub(super) fn dot_q4_1_portable(w: &[u8], x: &QuantizedRow) -> f32 {
     let mut total = 0f32;
     for (b, block) in w.chunks_exact(Q4_1_BYTES).enumerate() {
@@ -140,27 +147,6 @@ pub(super) fn dot_q4_1_portable(w: &[u8], x: &QuantizedRow) -> f32 {
         total += d * x.scales[b] * sum as f32 + min * x.sums[b];
     }
     total
-}
-
-/// The `r`th row of a group, for the one-row kernels.
-fn group_row(x: &[GroupBlock], r: usize) -> QuantizedRow {
-    QuantizedRow {
-        scales: x.iter().map(|b| b.scales[r]).collect(),
-        sums: x.iter().map(|b| b.sums[r]).collect(),
-        values: x.iter().flat_map(|b| b.values[r]).collect(),
-    }
-}
-
-pub(super) fn dot4_q4_1_portable(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = dot_q4_1_portable(w, &group_row(x, r));
-    }
-}
-
-pub(super) fn dot4_q8_0_portable(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = dot_q8_0_portable(w, &group_row(x, r));
-    }
 }
 
 pub(super) fn dot_q8_0_portable(w: &[u8], x: &QuantizedRow) -> f32 {

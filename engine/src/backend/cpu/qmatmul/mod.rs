@@ -14,7 +14,7 @@ mod quantize;
 #[cfg(test)]
 mod tests;
 
-use kernels::{Dot4Fn, Dot8Fn, DotFn};
+use kernels::Kernels;
 use quantize::{Group8Block, GroupBlock, QuantizedRow};
 
 /// Elements per quantization block, for both formats.
@@ -182,24 +182,6 @@ fn check_sizes(
         ));
     }
     Ok(())
-}
-
-/// A format's kernels, picked once per product.
-#[derive(Clone, Copy)]
-struct Kernels {
-    dot: DotFn,
-    dot4: Dot4Fn,
-    dot8: Dot8Fn,
-}
-
-impl Kernels {
-    fn new(format: WeightFormat) -> Self {
-        Self {
-            dot: kernels::dot_fn(format),
-            dot4: kernels::dot4_fn(format),
-            dot8: kernels::dot8_fn(format),
-        }
-    }
 }
 
 /// An input quantized once, in the layout its token count calls for.

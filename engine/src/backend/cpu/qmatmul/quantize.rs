@@ -49,29 +49,22 @@ const EMPTY_GROUP8_BLOCK: Group8Block = Group8Block {
     slices: [[0; BLOCK]; 8],
 };
 
-/// Quantizes up to eight rows (`k` values each) straight into one eight-row group.
-pub(super) fn quantize_group8(rows: &[f32], k: usize) -> Vec<Group8Block> {
+/// Quantizes one block of 32 values to 8 bits, returning its scale and scaled sum:
+/// `quantize_block` or its AVX2 twin, which gives the same bits.
+type BlockQuantizer = fn(&[f32], &mut [i8]) -> (f32, f32);
+
+fn block_quantizer() -> BlockQuantizer {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.
-        return unsafe { quantize_group8_avx2(rows, k) };
+        return |chunk, values| unsafe { avx2::quantize_block(chunk, values) };
     }
-    quantize_group8_inline(rows, k, quantize_block)
+    quantize_block
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_group8_avx2(rows: &[f32], k: usize) -> Vec<Group8Block> {
-    // SAFETY: AVX2 is enabled here.
-    quantize_group8_inline(rows, k, |c, v| unsafe { avx2::quantize_block(c, v) })
-}
-
-#[inline(always)]
-fn quantize_group8_inline(
-    rows: &[f32],
-    k: usize,
-    quantize: impl BlockQuantizer,
-) -> Vec<Group8Block> {
+/// Quantizes up to eight rows (`k` values each) straight into one eight-row group.
+pub(super) fn quantize_group8(rows: &[f32], k: usize) -> Vec<Group8Block> {
+    let quantize = block_quantizer();
     let mut group = vec![EMPTY_GROUP8_BLOCK; k / BLOCK];
     let mut values = [0i8; BLOCK];
     for (r, row) in rows.chunks_exact(k).take(8).enumerate() {
@@ -89,23 +82,7 @@ fn quantize_group8_inline(
 
 /// Quantizes up to four rows (`k` values each) straight into one interleaved group.
 pub(super) fn quantize_group(rows: &[f32], k: usize) -> Vec<GroupBlock> {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected.
-        return unsafe { quantize_group_avx2(rows, k) };
-    }
-    quantize_group_inline(rows, k, quantize_block)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_group_avx2(rows: &[f32], k: usize) -> Vec<GroupBlock> {
-    // SAFETY: AVX2 is enabled here.
-    quantize_group_inline(rows, k, |c, v| unsafe { avx2::quantize_block(c, v) })
-}
-
-#[inline(always)]
-fn quantize_group_inline(rows: &[f32], k: usize, quantize: impl BlockQuantizer) -> Vec<GroupBlock> {
+    let quantize = block_quantizer();
     let mut group = vec![EMPTY_GROUP_BLOCK; k / BLOCK];
     for (r, row) in rows.chunks_exact(k).take(4).enumerate() {
         for (block, values) in group.iter_mut().zip(row.chunks_exact(BLOCK)) {
@@ -118,24 +95,7 @@ fn quantize_group_inline(rows: &[f32], k: usize, quantize: impl BlockQuantizer) 
 }
 
 pub(super) fn quantize_row(row: &[f32]) -> QuantizedRow {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected.
-        return unsafe { quantize_row_avx2(row) };
-    }
-    quantize_row_inline(row, quantize_block)
-}
-
-/// The same code compiled with AVX2 enabled, so the per-element loop vectorizes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(row: &[f32]) -> QuantizedRow {
-    // SAFETY: AVX2 is enabled here.
-    quantize_row_inline(row, |c, v| unsafe { avx2::quantize_block(c, v) })
-}
-
-#[inline(always)]
-fn quantize_row_inline(row: &[f32], quantize: impl BlockQuantizer) -> QuantizedRow {
+    let quantize = block_quantizer();
     let blocks = row.len() / BLOCK;
     let mut q = QuantizedRow {
         scales: Vec::with_capacity(blocks),
@@ -153,14 +113,8 @@ fn quantize_row_inline(row: &[f32], quantize: impl BlockQuantizer) -> QuantizedR
     q
 }
 
-/// Quantizes one block of 32 values to 8 bits: `quantize_block` or its SIMD twin, which
-/// gives bit for bit the same results.
-trait BlockQuantizer: Fn(&[f32], &mut [i8]) -> (f32, f32) {}
-impl<F: Fn(&[f32], &mut [i8]) -> (f32, f32)> BlockQuantizer for F {}
-
 /// One block of 32 values to 8 bits; returns its scale and the scaled sum of its values
 /// (for Q4_1's min term).
-#[inline(always)]
 pub(super) fn quantize_block(chunk: &[f32], values: &mut [i8]) -> (f32, f32) {
     let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
     let scale = amax / 127.0;
