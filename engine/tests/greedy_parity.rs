@@ -23,8 +23,8 @@ use engine::model::llama::{LlamaModel, Segment, argmax};
 // to 8 bits per block, and a rounding that flips at the last bit amplifies through the
 // layers, so the thresholds below are set at that noise.
 
-/// Logit gap below which two candidates count as tied.
-const NEAR_TIE: f64 = 0.25;
+/// Logit gap below which two candidates count as tied: that noise's 90th percentile.
+const NEAR_TIE: f64 = 0.35;
 /// At least this share of the steps must pick llama.cpp's token.
 const MIN_AGREEMENT: f64 = 0.95;
 /// No logit of llama.cpp's eight best tokens may be further than this from llama.cpp's.

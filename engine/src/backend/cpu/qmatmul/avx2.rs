@@ -1,10 +1,12 @@
-//! The AVX2/FMA/F16C kernels. Every one sums in the order of llama.cpp's AVX2 `vec_dot`
-//! for its format, lane by lane, so that a token's result does not depend on the kernel
-//! (one row, four or eight) that computed it.
+//! The AVX2/FMA/F16C kernels, generic over the weight format (`Format`). They sum in
+//! the order `kernels.rs` sets out for every kernel: each block's exact integer dot
+//! product, scaled once, into partial sum `block % 8`. A token's result is the same bits
+//! whether it was computed alone (`dot`), in a group of eight (`dot8`) or by the
+//! portable kernels.
 
 use std::arch::x86_64::*;
 
-use super::quantize::{Group8Block, GroupBlock, QuantizedRow};
+use super::quantize::{Group8Block, QuantizedRow};
 use super::{BLOCK, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES};
 
 /// `super::quantize_block`, vectorized, with the same results bit for bit: the same
@@ -63,6 +65,192 @@ pub(super) unsafe fn quantize_block(chunk: &[f32], values: &mut [i8]) -> (f32, f
     }
 }
 
+/// What the shared loops need from one weight format.
+pub(super) trait Format {
+    const BYTES: usize;
+    /// Whether blocks carry a min (Q4_1), which adds `min * sum(x)` per block.
+    const HAS_MIN: bool;
+
+    /// The block's scale and min (zero where the format has none).
+    unsafe fn scale_and_min(block: &[u8]) -> (f32, f32);
+
+    /// One token: eight lanes that add up to the block's exact integer dot product with
+    /// the 32 values at `xs`.
+    unsafe fn row_products(block: &[u8], xs: *const i8) -> __m256i;
+
+    /// Eight tokens, one per lane: the block's exact integer dot product with each.
+    unsafe fn group_products(block: &[u8], xb: &Group8Block) -> __m256i;
+}
+
+pub(super) struct Q4_1;
+pub(super) struct Q5_0;
+pub(super) struct Q8_0;
+
+impl Format for Q4_1 {
+    const BYTES: usize = Q4_1_BYTES;
+    const HAS_MIN: bool = true;
+
+    #[inline(always)]
+    unsafe fn scale_and_min(block: &[u8]) -> (f32, f32) {
+        unsafe { two_f16(block) }
+    }
+
+    #[inline(always)]
+    unsafe fn row_products(block: &[u8], xs: *const i8) -> __m256i {
+        // SAFETY: 16 bytes of nibbles at block[4..20]; the caller vouches for `xs`.
+        unsafe {
+            let weights = q4_1_bytes(block);
+            let xs = _mm256_loadu_si256(xs.cast());
+            _mm256_madd_epi16(_mm256_maddubs_epi16(weights, xs), _mm256_set1_epi16(1))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn group_products(block: &[u8], xb: &Group8Block) -> __m256i {
+        // SAFETY: as above; `Group8Block`'s slices are 32-aligned.
+        unsafe {
+            let mask = _mm256_set1_epi8(0x0F);
+            // Weights 0..=15 times inputs within ±127: eight slices' pair sums stay
+            // within ±30480, so they add up in 16 bits.
+            let mut pairs = [_mm256_setzero_si256(); 4];
+            for (s, pair) in pairs.iter_mut().enumerate() {
+                // Packed bytes 4s..4s + 4 hold slice s (low nibbles) and s + 4 (high).
+                let packed = broadcast4(block, 4 + 4 * s);
+                let low = _mm256_and_si256(packed, mask);
+                let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
+                let low_xs = _mm256_load_si256(xb.slices[s].as_ptr().cast());
+                let high_xs = _mm256_load_si256(xb.slices[s + 4].as_ptr().cast());
+                *pair = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(low, low_xs),
+                    _mm256_maddubs_epi16(high, high_xs),
+                );
+            }
+            let pairs = _mm256_add_epi16(
+                _mm256_add_epi16(pairs[0], pairs[1]),
+                _mm256_add_epi16(pairs[2], pairs[3]),
+            );
+            _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+        }
+    }
+}
+
+impl Format for Q5_0 {
+    const BYTES: usize = Q5_0_BYTES;
+    const HAS_MIN: bool = false;
+
+    #[inline(always)]
+    unsafe fn scale_and_min(block: &[u8]) -> (f32, f32) {
+        (unsafe { f16_scale(block) }, 0.0)
+    }
+
+    #[inline(always)]
+    unsafe fn row_products(block: &[u8], xs: *const i8) -> __m256i {
+        // SAFETY: a whole block; the caller vouches for `xs`.
+        unsafe { signed_row_products(q5_0_bytes(block), xs) }
+    }
+
+    #[inline(always)]
+    unsafe fn group_products(block: &[u8], xb: &Group8Block) -> __m256i {
+        // SAFETY: a whole block. Weights within ±16: pair sums within ±4064, eight
+        // slices' within ±32512.
+        unsafe {
+            let mut values = Aligned32([0; BLOCK]);
+            _mm256_store_si256(values.0.as_mut_ptr().cast(), q5_0_bytes(block));
+            signed_group_products(&values.0, 0, xb, true)
+        }
+    }
+}
+
+impl Format for Q8_0 {
+    const BYTES: usize = Q8_0_BYTES;
+    const HAS_MIN: bool = false;
+
+    #[inline(always)]
+    unsafe fn scale_and_min(block: &[u8]) -> (f32, f32) {
+        (unsafe { f16_scale(block) }, 0.0)
+    }
+
+    #[inline(always)]
+    unsafe fn row_products(block: &[u8], xs: *const i8) -> __m256i {
+        // SAFETY: 32 bytes of values at block[2..34]; the caller vouches for `xs`.
+        unsafe { signed_row_products(_mm256_loadu_si256(block.as_ptr().add(2).cast()), xs) }
+    }
+
+    #[inline(always)]
+    unsafe fn group_products(block: &[u8], xb: &Group8Block) -> __m256i {
+        // SAFETY: 32 bytes of values at block[2..34]. Pair sums reach ±32512: each slice
+        // widens to 32 bits on its own.
+        unsafe { signed_group_products(block, 2, xb, false) }
+    }
+}
+
+#[repr(C, align(32))]
+struct Aligned32([u8; BLOCK]);
+
+/// A Q4_1 block's 32 values in order, as bytes 0..=15: byte j holds value j in its low
+/// nibble and value j + 16 in its high one.
+#[inline(always)]
+unsafe fn q4_1_bytes(block: &[u8]) -> __m256i {
+    // SAFETY: 16 bytes at block[4..20] of a 20-byte block.
+    unsafe {
+        let packed = _mm_loadu_si128(block[4..20].as_ptr().cast());
+        let mask = _mm_set1_epi8(0x0F);
+        let low = _mm_and_si128(packed, mask);
+        let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
+        _mm256_set_m128i(high, low)
+    }
+}
+
+/// Signed weights times one token's 32 values: eight lanes of four products each.
+#[inline(always)]
+unsafe fn signed_row_products(weights: __m256i, xs: *const i8) -> __m256i {
+    // SAFETY: the caller vouches for 32 bytes at `xs`.
+    unsafe {
+        let xs = _mm256_loadu_si256(xs.cast());
+        // maddubs needs one unsigned operand: move the weights' signs onto the inputs.
+        let pairs = _mm256_maddubs_epi16(
+            _mm256_sign_epi8(weights, weights),
+            _mm256_sign_epi8(xs, weights),
+        );
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    }
+}
+
+/// Signed weights (32 bytes at `values[at..]`) times eight tokens, one per lane. With
+/// `narrow`, the slices' pair sums add up in 16 bits (the caller knows they fit).
+#[inline(always)]
+unsafe fn signed_group_products(
+    values: &[u8],
+    at: usize,
+    xb: &Group8Block,
+    narrow: bool,
+) -> __m256i {
+    // SAFETY: the caller keeps `at + 32` within `values`; AVX2 is enabled by the callers.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut pairs = _mm256_setzero_si256();
+        let mut sums = _mm256_setzero_si256();
+        for (s, xs) in xb.slices.iter().enumerate() {
+            let xs = _mm256_load_si256(xs.as_ptr().cast());
+            let weights = broadcast4(values, at + 4 * s);
+            let products = _mm256_maddubs_epi16(
+                _mm256_sign_epi8(weights, weights),
+                _mm256_sign_epi8(xs, weights),
+            );
+            if narrow {
+                pairs = _mm256_add_epi16(pairs, products);
+            } else {
+                sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, ones));
+            }
+        }
+        if narrow {
+            _mm256_madd_epi16(pairs, ones)
+        } else {
+            sums
+        }
+    }
+}
+
 /// Bytes `at..at + 4` in every 32-bit lane.
 #[inline(always)]
 unsafe fn broadcast4(bytes: &[u8], at: usize) -> __m256i {
@@ -71,10 +259,174 @@ unsafe fn broadcast4(bytes: &[u8], at: usize) -> __m256i {
     unsafe { _mm256_set1_epi32(bytes.as_ptr().add(at).cast::<i32>().read_unaligned()) }
 }
 
-/// The eight slices' accumulators added in `horizontal_sum`'s order, lane by lane: a
-/// token's result in a group of eight is bit for bit its result alone.
+/// One weight row times one token.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot<F: Format>(w: &[u8], x: &QuantizedRow) -> f32 {
+    let blocks = x.scales.len().min(w.len() / F::BYTES);
+    let full = blocks - blocks % 8;
+    let mut partials = _mm256_setzero_ps();
+    // Eight blocks at a time, block `b + j` in lane j.
+    for b in (0..full).step_by(8) {
+        let group = &w[b * F::BYTES..(b + 8) * F::BYTES];
+        let mut products = [_mm256_setzero_si256(); 8];
+        for (j, p) in products.iter_mut().enumerate() {
+            let xs = &x.values[(b + j) * BLOCK..(b + j + 1) * BLOCK];
+            // SAFETY: a whole block and its 32 values.
+            *p = unsafe { F::row_products(&group[j * F::BYTES..], xs.as_ptr()) };
+        }
+        // SAFETY: eight blocks; eight f32 in each slice of `x`.
+        unsafe {
+            let totals = _mm256_cvtepi32_ps(lane_totals(&products));
+            let (scales, mins) = group_scales::<F>(group);
+            let x_scales = _mm256_loadu_ps(x.scales[b..b + 8].as_ptr());
+            partials = _mm256_fmadd_ps(_mm256_mul_ps(scales, x_scales), totals, partials);
+            if F::HAS_MIN {
+                let sums = _mm256_loadu_ps(x.sums[b..b + 8].as_ptr());
+                partials = _mm256_fmadd_ps(mins, sums, partials);
+            }
+        }
+    }
+    // The last blocks, fewer than eight, one after the other into a sum of their own.
+    let mut last = 0f32;
+    for b in full..blocks {
+        let block = &w[b * F::BYTES..(b + 1) * F::BYTES];
+        let xs = &x.values[b * BLOCK..(b + 1) * BLOCK];
+        // SAFETY: a whole block and its 32 values.
+        let (total, (d, min)) = unsafe {
+            (
+                lane_total(F::row_products(block, xs.as_ptr())),
+                F::scale_and_min(block),
+            )
+        };
+        last = (d * x.scales[b]).mul_add(total as f32, last);
+        if F::HAS_MIN {
+            last = min.mul_add(x.sums[b], last);
+        }
+    }
+    unsafe { horizontal_sum(partials) + last }
+}
+
+/// The scales of eight consecutive blocks, lane j for block j, and (Q4_1) their mins: one
+/// gather of each block's first four bytes (in scalar loads the vectors cost more).
 #[inline(always)]
-unsafe fn sum_slices(acc: &[__m256; 8]) -> __m256 {
+unsafe fn group_scales<F: Format>(group: &[u8]) -> (__m256, __m256) {
+    assert!(group.len() >= 8 * F::BYTES);
+    // SAFETY: the gather reads four bytes at the start of each of the eight blocks,
+    // checked above; AVX2 and F16C are enabled by the callers.
+    unsafe {
+        let heads = _mm256_i32gather_epi32::<1>(
+            group.as_ptr().cast(),
+            _mm256_mullo_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_set1_epi32(F::BYTES as i32),
+            ),
+        );
+        // Per 128-bit half: the scales' f16 halves, then the mins'; then the scales of
+        // both halves in the low 128 bits, the mins in the high ones.
+        let halves = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_shuffle_epi8(
+            heads,
+            _mm256_setr_epi8(
+                0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, //
+                0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+            ),
+        ));
+        let scales = _mm256_cvtph_ps(_mm256_castsi256_si128(halves));
+        let mins = if F::HAS_MIN {
+            _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(halves))
+        } else {
+            _mm256_setzero_ps()
+        };
+        (scales, mins)
+    }
+}
+
+/// One weight row times a group of eight tokens, one token per lane.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot8<F: Format>(w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
+    // The partial sums stay in memory: held in registers, with the block's temporaries,
+    // they spill (measured slower).
+    let mut partials = [_mm256_setzero_ps(); 8];
+    let blocks = x.len().min(w.len() / F::BYTES);
+    let full = blocks - blocks % 8;
+    let mut last = _mm256_setzero_ps();
+    for (b, (block, xb)) in w.chunks_exact(F::BYTES).zip(x).take(blocks).enumerate() {
+        let sum = if b < full {
+            &mut partials[b % 8]
+        } else {
+            &mut last
+        };
+        // SAFETY: a whole block; aligned fields in `xb`.
+        unsafe { add_block::<F>(sum, block, xb) };
+    }
+    // SAFETY: AVX is enabled; eight f32 out.
+    unsafe {
+        let total = _mm256_add_ps(sum_partials(&partials), last);
+        _mm256_storeu_ps(out.as_mut_ptr(), total);
+    }
+}
+
+/// Adds one block times eight tokens to their partial sums.
+#[inline(always)]
+unsafe fn add_block<F: Format>(partial: &mut __m256, block: &[u8], xb: &Group8Block) {
+    // SAFETY: a whole block; aligned fields in `xb`; AVX2 and FMA are enabled by the
+    // callers.
+    unsafe {
+        let (d, min) = F::scale_and_min(block);
+        let totals = _mm256_cvtepi32_ps(F::group_products(block, xb));
+        let ds = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_load_ps(xb.scales.as_ptr()));
+        *partial = _mm256_fmadd_ps(ds, totals, *partial);
+        if F::HAS_MIN {
+            let sums = _mm256_load_ps(xb.sums.as_ptr());
+            *partial = _mm256_fmadd_ps(_mm256_set1_ps(min), sums, *partial);
+        }
+    }
+}
+
+/// Lane j: the sum of `v[j]`'s eight lanes (exact: integers).
+#[inline(always)]
+unsafe fn lane_totals(v: &[__m256i; 8]) -> __m256i {
+    // SAFETY: AVX2 is enabled by the callers.
+    unsafe {
+        // Pairs of vectors interleave and add, three times: each level halves the
+        // partial sums per block and doubles the blocks per vector.
+        let pair32 = |a: __m256i, b: __m256i| {
+            _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b))
+        };
+        let pair64 = |a: __m256i, b: __m256i| {
+            _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b))
+        };
+        // [b0 b1 b0 b1 | b0 b1 b0 b1] with two partials each, and so on.
+        let (t01, t23) = (pair32(v[0], v[1]), pair32(v[2], v[3]));
+        let (t45, t67) = (pair32(v[4], v[5]), pair32(v[6], v[7]));
+        let (q0123, q4567) = (pair64(t01, t23), pair64(t45, t67));
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(q0123, q4567),
+            _mm256_permute2x128_si256::<0x31>(q0123, q4567),
+        )
+    }
+}
+
+/// The sum of eight i32 lanes.
+#[inline(always)]
+unsafe fn lane_total(v: __m256i) -> i32 {
+    // SAFETY: AVX2 is enabled by the callers.
+    unsafe {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
+    }
+}
+
+/// The eight partial sums added in `horizontal_sum`'s order, lane by lane: a token's
+/// result in a group of eight is bit for bit its result alone.
+#[inline(always)]
+unsafe fn sum_partials(acc: &[__m256; 8]) -> __m256 {
     // SAFETY: AVX is enabled by the callers.
     unsafe {
         let even = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
@@ -83,106 +435,18 @@ unsafe fn sum_slices(acc: &[__m256; 8]) -> __m256 {
     }
 }
 
-/// Adds slice `s` of a block of signed weights (`weights`: the slice in every lane)
-/// times a group of eight tokens, one token per lane, to `acc`: the one-row kernels'
-/// lane `s`, for each token.
+/// Lanes added as `kernels::sum_partials` adds its eight partial sums.
 #[inline(always)]
-unsafe fn dot8_signed_slice(weights: __m256i, ds: __m256, xs: &[i8; BLOCK], acc: &mut __m256) {
-    // SAFETY: an aligned 32-byte slice (`Group8Block` is 32-aligned); AVX2 is enabled by
-    // the callers.
+unsafe fn horizontal_sum(v: __m256) -> f32 {
+    // SAFETY: AVX is enabled by the callers.
     unsafe {
-        let xs = _mm256_load_si256(xs.as_ptr().cast());
-        // maddubs needs one unsigned operand: move the weights' signs onto the inputs.
-        let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-            _mm256_maddubs_epi16(
-                _mm256_sign_epi8(weights, weights),
-                _mm256_sign_epi8(xs, weights),
-            ),
-            _mm256_set1_epi16(1),
-        ));
-        *acc = _mm256_fmadd_ps(ds, products, *acc);
+        let low = _mm256_castps256_ps128(v);
+        let high = _mm256_extractf128_ps::<1>(v);
+        let s = _mm_add_ps(low, high);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0x55>(s, s));
+        _mm_cvtss_f32(s)
     }
-}
-
-/// Each token's block scale times the weight block's: `d * scale`, lane by lane.
-#[inline(always)]
-unsafe fn scales8(d: f32, xb: &Group8Block) -> __m256 {
-    // SAFETY: eight f32 at an aligned address.
-    unsafe { _mm256_mul_ps(_mm256_set1_ps(d), _mm256_load_ps(xb.scales.as_ptr())) }
-}
-
-/// # Safety
-/// AVX2/FMA/F16C. Each lane sums in the same order as `dot_q4_1`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot8_q4_1(w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
-    let mask = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 8];
-    let mut min_terms = _mm256_setzero_ps();
-    for (block, xb) in w.chunks_exact(Q4_1_BYTES).zip(x) {
-        // SAFETY (whole body): 16 bytes of nibbles at block[4..20]; aligned fields in `xb`.
-        unsafe {
-            let (d, min) = two_f16(block);
-            let ds = scales8(d, xb);
-            let sums = _mm256_load_ps(xb.sums.as_ptr());
-            min_terms = _mm256_add_ps(min_terms, _mm256_mul_ps(_mm256_set1_ps(min), sums));
-            // Packed byte j holds value j (low nibble) and value j + 16 (high nibble):
-            // four packed bytes are slice s and slice s + 4.
-            for s in 0..4 {
-                let packed = broadcast4(block, 4 + 4 * s);
-                let low = _mm256_and_si256(packed, mask);
-                let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
-                for (slice, weights) in [(s, low), (s + 4, high)] {
-                    let xs = _mm256_load_si256(xb.slices[slice].as_ptr().cast());
-                    let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                        _mm256_maddubs_epi16(weights, xs),
-                        ones,
-                    ));
-                    acc[slice] = _mm256_fmadd_ps(ds, products, acc[slice]);
-                }
-            }
-        }
-    }
-    let total = _mm256_add_ps(unsafe { sum_slices(&acc) }, min_terms);
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), total) };
-}
-
-/// # Safety
-/// AVX2/FMA/F16C. Each lane sums in the same order as `dot_q8_0`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot8_q8_0(w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
-    let mut acc = [_mm256_setzero_ps(); 8];
-    for (block, xb) in w.chunks_exact(Q8_0_BYTES).zip(x) {
-        // SAFETY: 32 bytes of values at block[2..34].
-        unsafe {
-            let d = f16_scale(block);
-            let ds = scales8(d, xb);
-            for (s, a) in acc.iter_mut().enumerate() {
-                dot8_signed_slice(broadcast4(block, 2 + 4 * s), ds, &xb.slices[s], a);
-            }
-        }
-    }
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum_slices(&acc)) };
-}
-
-/// # Safety
-/// AVX2/FMA/F16C. Each lane sums in the same order as `dot_q5_0`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot8_q5_0(w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
-    let mut acc = [_mm256_setzero_ps(); 8];
-    for (block, xb) in w.chunks_exact(Q5_0_BYTES).zip(x) {
-        // SAFETY: a whole Q5_0 block.
-        unsafe {
-            let d = f16_scale(block);
-            let ds = scales8(d, xb);
-            let values = q5_0_bytes(block);
-            for (s, a) in acc.iter_mut().enumerate() {
-                let slice = _mm256_permutevar8x32_epi32(values, _mm256_set1_epi32(s as i32));
-                dot8_signed_slice(slice, ds, &xb.slices[s], a);
-            }
-        }
-    }
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum_slices(&acc)) };
 }
 
 /// The two f16 values at the start of a block, as f32.
@@ -224,101 +488,6 @@ unsafe fn f16_scale(block: &[u8]) -> f32 {
     scale
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn horizontal_sum(v: __m256) -> f32 {
-    let low = _mm256_castps256_ps128(v);
-    let high = _mm256_extractf128_ps::<1>(v);
-    let s = _mm_add_ps(low, high);
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps::<0x55>(s, s));
-    _mm_cvtss_f32(s)
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA; `w` holds `x.scales.len()` Q4_1 blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q4_1(w: &[u8], x: &QuantizedRow) -> f32 {
-    let blocks = x.scales.len().min(w.len() / Q4_1_BYTES);
-    let mask = _mm_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let mut min_terms = 0f32;
-    for b in 0..blocks {
-        let block = &w[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
-        let (d, min) = unsafe { two_f16(block) };
-        // SAFETY: 16 bytes at block[4..20] and 32 at values[b*32..], in bounds.
-        let packed = unsafe { _mm_loadu_si128(block.as_ptr().add(4).cast()) };
-        let low = _mm_and_si128(packed, mask);
-        let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
-        let weights = _mm256_set_m128i(high, low);
-        let xs = unsafe { _mm256_loadu_si256(x.values.as_ptr().add(b * BLOCK).cast()) };
-        let pairs = _mm256_maddubs_epi16(weights, xs);
-        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.scales[b]), sums, acc);
-        min_terms += min * x.sums[b];
-    }
-    unsafe { horizontal_sum(acc) + min_terms }
-}
-
-/// # Safety
-/// AVX2/FMA/F16C. Sums in the same order as `dot_q4_1`, so a row's result does not
-/// depend on whether it was computed alone or in a group.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot4_q4_1(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
-    let mask = _mm_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut min_terms = _mm_setzero_ps();
-    for (block, xb) in w.chunks_exact(Q4_1_BYTES).zip(x) {
-        let (d, min) = unsafe { two_f16(block) };
-        // SAFETY: 16 bytes at block[4..20]; 32 in each row's values.
-        let packed = unsafe { _mm_loadu_si128(block.as_ptr().add(4).cast()) };
-        let low = _mm_and_si128(packed, mask);
-        let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
-        let weights = _mm256_set_m128i(high, low);
-        // A product, then a sum: as `min_terms += min * sums[b]` rounds in `dot_q4_1`.
-        let sums = unsafe { _mm_loadu_ps(xb.sums.as_ptr()) };
-        min_terms = _mm_add_ps(min_terms, _mm_mul_ps(_mm_set1_ps(min), sums));
-        for ((a, values), scale) in acc.iter_mut().zip(&xb.values).zip(xb.scales) {
-            let xs = unsafe { _mm256_loadu_si256(values.as_ptr().cast()) };
-            let products =
-                _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(weights, xs), ones));
-            *a = _mm256_fmadd_ps(_mm256_set1_ps(d * scale), products, *a);
-        }
-    }
-    let mut mins = [0f32; 4];
-    unsafe { _mm_storeu_ps(mins.as_mut_ptr(), min_terms) };
-    for r in 0..4 {
-        out[r] = unsafe { horizontal_sum(acc[r]) } + mins[r];
-    }
-}
-
-/// # Safety
-/// AVX2/FMA/F16C. Sums in the same order as `dot_q8_0`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot4_q8_0(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for (block, xb) in w.chunks_exact(Q8_0_BYTES).zip(x) {
-        let d = unsafe { f16_scale(block) };
-        // SAFETY: 32 bytes at block[2..34] and in each row's values.
-        let weights = unsafe { _mm256_loadu_si256(block.as_ptr().add(2).cast()) };
-        let abs_weights = _mm256_sign_epi8(weights, weights);
-        for ((a, values), scale) in acc.iter_mut().zip(&xb.values).zip(xb.scales) {
-            let xs = unsafe { _mm256_loadu_si256(values.as_ptr().cast()) };
-            let signed_xs = _mm256_sign_epi8(xs, weights);
-            let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                _mm256_maddubs_epi16(abs_weights, signed_xs),
-                ones,
-            ));
-            *a = _mm256_fmadd_ps(_mm256_set1_ps(d * scale), products, *a);
-        }
-    }
-    for r in 0..4 {
-        out[r] = unsafe { horizontal_sum(acc[r]) };
-    }
-}
-
 /// A Q5_0 block's 32 values as signed bytes in -16..=15: the low nibbles, with 0xF0
 /// or'ed in where the fifth bit is clear (nibble - 16 in two's complement).
 #[inline(always)]
@@ -349,79 +518,4 @@ unsafe fn q5_0_bytes(block: &[u8]) -> __m256i {
             _mm256_andnot_si256(bit_set, _mm256_set1_epi8(0xF0_u8 as i8)),
         )
     }
-}
-
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C; `w` holds `x.scales.len()` Q5_0 blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q5_0(w: &[u8], x: &QuantizedRow) -> f32 {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    for ((block, xs), scale) in w
-        .chunks_exact(Q5_0_BYTES)
-        .zip(x.values.chunks_exact(BLOCK))
-        .zip(&x.scales)
-    {
-        let d = unsafe { f16_scale(block) };
-        let weights = unsafe { q5_0_bytes(block) };
-        // SAFETY: 32 values per block.
-        let xs = unsafe { _mm256_loadu_si256(xs.as_ptr().cast()) };
-        // maddubs needs one unsigned operand: move the weights' signs onto the inputs.
-        let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-            _mm256_maddubs_epi16(
-                _mm256_sign_epi8(weights, weights),
-                _mm256_sign_epi8(xs, weights),
-            ),
-            ones,
-        ));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * scale), products, acc);
-    }
-    unsafe { horizontal_sum(acc) }
-}
-
-/// # Safety
-/// AVX2/FMA/F16C. Sums in the same order as `dot_q5_0`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot4_q5_0(w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for (block, xb) in w.chunks_exact(Q5_0_BYTES).zip(x) {
-        let d = unsafe { f16_scale(block) };
-        let weights = unsafe { q5_0_bytes(block) };
-        let abs_weights = _mm256_sign_epi8(weights, weights);
-        for ((a, values), scale) in acc.iter_mut().zip(&xb.values).zip(xb.scales) {
-            let xs = unsafe { _mm256_loadu_si256(values.as_ptr().cast()) };
-            let products = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                _mm256_maddubs_epi16(abs_weights, _mm256_sign_epi8(xs, weights)),
-                ones,
-            ));
-            *a = _mm256_fmadd_ps(_mm256_set1_ps(d * scale), products, *a);
-        }
-    }
-    for r in 0..4 {
-        out[r] = unsafe { horizontal_sum(acc[r]) };
-    }
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA; `w` holds `x.scales.len()` Q8_0 blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_q8_0(w: &[u8], x: &QuantizedRow) -> f32 {
-    let blocks = x.scales.len().min(w.len() / Q8_0_BYTES);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    for b in 0..blocks {
-        let block = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
-        let d = unsafe { f16_scale(block) };
-        // SAFETY: 32 bytes at block[2..34] and at values[b*32..], in bounds.
-        let weights = unsafe { _mm256_loadu_si256(block.as_ptr().add(2).cast()) };
-        let xs = unsafe { _mm256_loadu_si256(x.values.as_ptr().add(b * BLOCK).cast()) };
-        // maddubs needs one unsigned operand: move the weights' signs onto the inputs.
-        let abs_weights = _mm256_sign_epi8(weights, weights);
-        let signed_xs = _mm256_sign_epi8(xs, weights);
-        let pairs = _mm256_maddubs_epi16(abs_weights, signed_xs);
-        let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.scales[b]), sums, acc);
-    }
-    unsafe { horizontal_sum(acc) }
 }

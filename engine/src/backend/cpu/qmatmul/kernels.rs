@@ -3,7 +3,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
-use super::quantize::{Group8Block, GroupBlock, QuantizedRow};
+use super::quantize::{Group8Block, QuantizedRow};
 use super::{BLOCK, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, WeightFormat};
 
 #[inline(always)]
@@ -13,16 +13,22 @@ pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
 
 /// Dots one weight row with one activation row.
 pub(super) type DotFn = fn(&[u8], &QuantizedRow) -> f32;
-/// Dots one weight row with a group of four activation rows.
-pub(super) type Dot4Fn = fn(&[u8], &[GroupBlock], &mut [f32; 4]);
 /// Dots one weight row with a group of eight activation rows.
 pub(super) type Dot8Fn = fn(&[u8], &[Group8Block], &mut [f32; 8]);
 
 /// A format's kernels for each activation layout, picked once per product.
+///
+/// Every kernel sums in one order, so that a token's result is the same bits whichever
+/// kernel computed it, alone or batched. Each block `b` contributes its exact integer dot
+/// product `i`: `sum = fma(d * x_scale, i, sum)`, then for Q4_1 `sum = fma(min, x_sum,
+/// sum)`. The row's blocks go eight at a time into eight partial sums (block `b` into
+/// `b % 8`), its last `blocks % 8` blocks one after the other into a sum of their own;
+/// the result is `sum_partials(partials) + last`. (llama.cpp's AVX2 kernels keep eight
+/// lanes of partial products per block instead: the results differ in the last bits, see
+/// `engine/tests/greedy_parity.rs`.)
 #[derive(Clone, Copy)]
 pub(super) struct Kernels {
     pub(super) dot: DotFn,
-    pub(super) dot4: Dot4Fn,
     pub(super) dot8: Dot8Fn,
 }
 
@@ -36,19 +42,16 @@ impl Kernels {
             // SAFETY (every kernel): the features were just detected.
             return match format {
                 WeightFormat::Q4_1 => Self {
-                    dot: |w, x| unsafe { avx2::dot_q4_1(w, x) },
-                    dot4: |w, x, out| unsafe { avx2::dot4_q4_1(w, x, out) },
-                    dot8: |w, x, out| unsafe { avx2::dot8_q4_1(w, x, out) },
+                    dot: |w, x| unsafe { avx2::dot::<avx2::Q4_1>(w, x) },
+                    dot8: |w, x, out| unsafe { avx2::dot8::<avx2::Q4_1>(w, x, out) },
                 },
                 WeightFormat::Q5_0 => Self {
-                    dot: |w, x| unsafe { avx2::dot_q5_0(w, x) },
-                    dot4: |w, x, out| unsafe { avx2::dot4_q5_0(w, x, out) },
-                    dot8: |w, x, out| unsafe { avx2::dot8_q5_0(w, x, out) },
+                    dot: |w, x| unsafe { avx2::dot::<avx2::Q5_0>(w, x) },
+                    dot8: |w, x, out| unsafe { avx2::dot8::<avx2::Q5_0>(w, x, out) },
                 },
                 WeightFormat::Q8_0 => Self {
-                    dot: |w, x| unsafe { avx2::dot_q8_0(w, x) },
-                    dot4: |w, x, out| unsafe { avx2::dot4_q8_0(w, x, out) },
-                    dot8: |w, x, out| unsafe { avx2::dot8_q8_0(w, x, out) },
+                    dot: |w, x| unsafe { avx2::dot::<avx2::Q8_0>(w, x) },
+                    dot8: |w, x, out| unsafe { avx2::dot8::<avx2::Q8_0>(w, x, out) },
                 },
             };
         }
@@ -56,41 +59,23 @@ impl Kernels {
         match format {
             WeightFormat::Q4_1 => Self {
                 dot: dot_q4_1_portable,
-                dot4: |w, x, out| dot4_portable(dot_q4_1_portable, w, x, out),
                 dot8: |w, x, out| dot8_portable(dot_q4_1_portable, w, x, out),
             },
             WeightFormat::Q5_0 => Self {
                 dot: dot_q5_0_portable,
-                dot4: |w, x, out| dot4_portable(dot_q5_0_portable, w, x, out),
                 dot8: |w, x, out| dot8_portable(dot_q5_0_portable, w, x, out),
             },
             WeightFormat::Q8_0 => Self {
                 dot: dot_q8_0_portable,
-                dot4: |w, x, out| dot4_portable(dot_q8_0_portable, w, x, out),
                 dot8: |w, x, out| dot8_portable(dot_q8_0_portable, w, x, out),
             },
         }
     }
 }
 
-fn dot4_portable(dot: DotFn, w: &[u8], x: &[GroupBlock], out: &mut [f32; 4]) {
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = dot(w, &group_row(x, r));
-    }
-}
-
 fn dot8_portable(dot: DotFn, w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
     for (r, o) in out.iter_mut().enumerate() {
         *o = dot(w, &group8_row(x, r));
-    }
-}
-
-/// The `r`th row of a four-row group, for the one-row kernels.
-fn group_row(x: &[GroupBlock], r: usize) -> QuantizedRow {
-    QuantizedRow {
-        scales: x.iter().map(|b| b.scales[r]).collect(),
-        sums: x.iter().map(|b| b.sums[r]).collect(),
-        values: x.iter().flat_map(|b| b.values[r]).collect(),
     }
 }
 
@@ -110,6 +95,28 @@ fn group8_row(x: &[Group8Block], r: usize) -> QuantizedRow {
     }
 }
 
+/// The partial sums added pairwise, in the order every kernel uses.
+fn sum_partials(p: &[f32; 8]) -> f32 {
+    ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]))
+}
+
+/// A row's blocks in the kernels' order: `block(b)` gives block b's scale product `d *
+/// x_scale`, its exact integer dot product and, for Q4_1, its min term `(min, x_sum)`.
+fn portable_sum(blocks: usize, block: impl Fn(usize) -> (f32, i32, Option<(f32, f32)>)) -> f32 {
+    let add = |sum: f32, b: usize| {
+        let (ds, total, min_term) = block(b);
+        let sum = ds.mul_add(total as f32, sum);
+        min_term.map_or(sum, |(min, x_sum)| min.mul_add(x_sum, sum))
+    };
+    let full = blocks - blocks % 8;
+    let mut partials = [0f32; 8];
+    for b in 0..full {
+        partials[b % 8] = add(partials[b % 8], b);
+    }
+    let last = (full..blocks).fold(0f32, add);
+    sum_partials(&partials) + last
+}
+
 /// Value `j` of a Q5_0 block, in -16..=15.
 #[inline(always)]
 fn q5_0_value(block: &[u8], j: usize) -> i32 {
@@ -121,45 +128,43 @@ fn q5_0_value(block: &[u8], j: usize) -> i32 {
 }
 
 pub(super) fn dot_q5_0_portable(w: &[u8], x: &QuantizedRow) -> f32 {
-    let mut total = 0f32;
-    for (b, block) in w.chunks_exact(Q5_0_BYTES).enumerate() {
-        let d = f16_at(block, 0);
+    let blocks = x.scales.len().min(w.len() / Q5_0_BYTES);
+    portable_sum(blocks, |b| {
+        let block = &w[b * Q5_0_BYTES..(b + 1) * Q5_0_BYTES];
         let xs = &x.values[b * BLOCK..(b + 1) * BLOCK];
-        let sum: i32 = (0..BLOCK)
+        let total = (0..BLOCK)
             .map(|j| q5_0_value(block, j) * i32::from(xs[j]))
             .sum();
-        total += d * x.scales[b] * sum as f32;
-    }
-    total
+        (f16_at(block, 0) * x.scales[b], total, None)
+    })
 }
 
 pub(super) fn dot_q4_1_portable(w: &[u8], x: &QuantizedRow) -> f32 {
-    let mut total = 0f32;
-    for (b, block) in w.chunks_exact(Q4_1_BYTES).enumerate() {
-        let (d, min) = (f16_at(block, 0), f16_at(block, 2));
+    let blocks = x.scales.len().min(w.len() / Q4_1_BYTES);
+    portable_sum(blocks, |b| {
+        let block = &w[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
         let xs = &x.values[b * BLOCK..(b + 1) * BLOCK];
-        let mut sum = 0i32;
+        let mut total = 0i32;
         for j in 0..16 {
             let byte = block[4 + j];
-            sum += i32::from(byte & 0x0F) * i32::from(xs[j]);
-            sum += i32::from(byte >> 4) * i32::from(xs[j + 16]);
+            total += i32::from(byte & 0x0F) * i32::from(xs[j]);
+            total += i32::from(byte >> 4) * i32::from(xs[j + 16]);
         }
-        total += d * x.scales[b] * sum as f32 + min * x.sums[b];
-    }
-    total
+        let min_term = (f16_at(block, 2), x.sums[b]);
+        (f16_at(block, 0) * x.scales[b], total, Some(min_term))
+    })
 }
 
 pub(super) fn dot_q8_0_portable(w: &[u8], x: &QuantizedRow) -> f32 {
-    let mut total = 0f32;
-    for (b, block) in w.chunks_exact(Q8_0_BYTES).enumerate() {
-        let d = f16_at(block, 0);
+    let blocks = x.scales.len().min(w.len() / Q8_0_BYTES);
+    portable_sum(blocks, |b| {
+        let block = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
         let xs = &x.values[b * BLOCK..(b + 1) * BLOCK];
-        let sum: i32 = block[2..]
+        let total = block[2..]
             .iter()
             .zip(xs)
             .map(|(&q, &v)| i32::from(q as i8) * i32::from(v))
             .sum();
-        total += d * x.scales[b] * sum as f32;
-    }
-    total
+        (f16_at(block, 0) * x.scales[b], total, None)
+    })
 }

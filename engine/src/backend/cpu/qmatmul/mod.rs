@@ -15,7 +15,7 @@ mod quantize;
 mod tests;
 
 use kernels::Kernels;
-use quantize::{Group8Block, GroupBlock, QuantizedRow};
+use quantize::{Group8Block, QuantizedRow};
 
 /// Elements per quantization block, for both formats.
 pub const BLOCK: usize = 32;
@@ -97,7 +97,7 @@ pub fn matmul_shared(
         tasks.extend(Task::split(*weights, k, m, dst));
     }
     tasks.into_par_iter().for_each(|mut task| {
-        if let Activations::Row(row) = &input {
+        if let Some(row) = input.single() {
             // One token: straight into its output row.
             let rows = task.rows();
             for (out, w) in task.outputs[0].iter_mut().zip(rows) {
@@ -184,59 +184,44 @@ fn check_sizes(
     Ok(())
 }
 
-/// An input quantized once, in the layout its token count calls for.
-enum Activations {
-    /// One token: the one-row kernels.
-    Row(QuantizedRow),
-    /// Several tokens, so that each weight block is unpacked once for all of them: groups
-    /// of eight (the last padded with zero rows) while more than four tokens remain, then
-    /// one group of four for the rest.
-    Groups {
-        eights: Vec<Vec<Group8Block>>,
-        four: Option<Vec<GroupBlock>>,
-    },
+/// An input quantized once, in the layouts its token count calls for: groups of eight
+/// tokens, so that each weight block is unpacked once for all of them (the last group
+/// padded with zero rows), and a lone last token in the one-row layout, which costs an
+/// eighth of a group. All kernels sum in one order: the layout does not change results.
+struct Activations {
+    eights: Vec<Vec<Group8Block>>,
+    last: Option<QuantizedRow>,
 }
 
 impl Activations {
     fn new(lhs: &[f32], m: usize, k: usize) -> Self {
-        if m == 1 {
-            return Self::Row(quantize::quantize_row(lhs));
-        }
-        let in_eights = if m % 8 > 4 {
-            m.next_multiple_of(8)
-        } else {
-            m - m % 8
-        }
-        .min(m);
-        Self::Groups {
+        let in_eights = if m % 8 == 1 { m - 1 } else { m };
+        Self {
             eights: lhs[..in_eights * k]
                 .par_chunks(8 * k)
                 .map(|eight| quantize::quantize_group8(eight, k))
                 .collect(),
-            four: (in_eights < m).then(|| quantize::quantize_group(&lhs[in_eights * k..], k)),
+            last: (in_eights < m).then(|| quantize::quantize_row(&lhs[in_eights * k..m * k])),
         }
+    }
+
+    /// The input's only token, if it has one token.
+    fn single(&self) -> Option<&QuantizedRow> {
+        self.last.as_ref().filter(|_| self.eights.is_empty())
     }
 
     /// One weight row dotted with every token: `out[t]` for token `t`.
     fn dot_row(&self, kernels: &Kernels, w: &[u8], out: &mut [f32]) {
-        match self {
-            Self::Row(row) => out[0] = (kernels.dot)(w, row),
-            Self::Groups { eights, four } => {
-                let mut rest = &mut out[..];
-                for group in eights {
-                    let mut eight = [0f32; 8];
-                    (kernels.dot8)(w, group, &mut eight);
-                    let n = rest.len().min(8);
-                    rest[..n].copy_from_slice(&eight[..n]);
-                    rest = &mut rest[n..];
-                }
-                if let Some(group) = four {
-                    let mut four = [0f32; 4];
-                    (kernels.dot4)(w, group, &mut four);
-                    let n = rest.len().min(4);
-                    rest[..n].copy_from_slice(&four[..n]);
-                }
-            }
+        let mut rest = &mut out[..];
+        for group in &self.eights {
+            let mut eight = [0f32; 8];
+            (kernels.dot8)(w, group, &mut eight);
+            let n = rest.len().min(8);
+            rest[..n].copy_from_slice(&eight[..n]);
+            rest = &mut rest[n..];
+        }
+        if let Some(row) = &self.last {
+            rest[0] = (kernels.dot)(w, row);
         }
     }
 }

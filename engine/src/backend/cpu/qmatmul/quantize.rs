@@ -1,6 +1,5 @@
 //! Activations quantized to 8 bits per 32-value block, as llama.cpp's Q8_0/Q8_1, in the
-//! three layouts the kernels read: one row, groups of four rows interleaved block by block,
-//! and groups of eight with one row per vector lane.
+//! two layouts the kernels read: one row, and groups of eight with one row per vector lane.
 
 use super::BLOCK;
 #[cfg(target_arch = "x86_64")]
@@ -13,23 +12,6 @@ pub(super) struct QuantizedRow {
     pub(super) sums: Vec<f32>,
     pub(super) values: Vec<i8>,
 }
-
-/// Four quantized activation rows interleaved block by block, so that the four-row kernels
-/// walk one array: per block, the rows' scales, their sums, then their 32 values each.
-/// Rows past the end of the batch are zero and their results are dropped.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub(super) struct GroupBlock {
-    pub(super) scales: [f32; 4],
-    pub(super) sums: [f32; 4],
-    pub(super) values: [[i8; BLOCK]; 4],
-}
-
-const EMPTY_GROUP_BLOCK: GroupBlock = GroupBlock {
-    scales: [0.0; 4],
-    sums: [0.0; 4],
-    values: [[0; BLOCK]; 4],
-};
 
 /// Eight quantized activation rows laid out for the eight-row kernels, which keep one
 /// token per vector lane: per block the rows' scales and sums, then the block's values in
@@ -75,20 +57,6 @@ pub(super) fn quantize_group8(rows: &[f32], k: usize) -> Vec<Group8Block> {
             for (slice, four) in block.slices.iter_mut().zip(values.chunks_exact(4)) {
                 slice[4 * r..4 * r + 4].copy_from_slice(four);
             }
-        }
-    }
-    group
-}
-
-/// Quantizes up to four rows (`k` values each) straight into one interleaved group.
-pub(super) fn quantize_group(rows: &[f32], k: usize) -> Vec<GroupBlock> {
-    let quantize = block_quantizer();
-    let mut group = vec![EMPTY_GROUP_BLOCK; k / BLOCK];
-    for (r, row) in rows.chunks_exact(k).take(4).enumerate() {
-        for (block, values) in group.iter_mut().zip(row.chunks_exact(BLOCK)) {
-            let (scale, sum) = quantize(values, &mut block.values[r]);
-            block.scales[r] = scale;
-            block.sums[r] = sum;
         }
     }
     group
