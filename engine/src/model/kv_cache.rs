@@ -1,7 +1,8 @@
 //! The paged KV cache. `KvPool` holds every sequence's keys and values in fixed-size blocks
-//! of `BLOCK_SIZE` tokens, per layer laid out `[block][kv_head][slot][head_dim]`; a
-//! sequence's `BlockTable` lists its blocks in order. Attention gathers a sequence's blocks
-//! into one contiguous context per layer and step.
+//! of `BLOCK_SIZE` tokens; a sequence's `BlockTable` lists its blocks in order. Per layer,
+//! values are laid out `[block][kv_head][slot][head_dim]` and keys transposed,
+//! `[block][kv_head][head_dim][slot]`, so that attention (`backend::cpu::attention`) dots a
+//! query with a block's keys slot-parallel, reading the blocks in place.
 
 use crate::model::config::LlamaConfig;
 
@@ -90,57 +91,49 @@ impl KvPool {
         self.n_blocks
     }
 
-    fn offset(&self, block: u32, head: usize, slot: usize) -> usize {
-        ((block as usize * self.kv_heads + head) * BLOCK_SIZE + slot) * self.head_dim
+    /// Where a block's keys (or values) for one KV head start.
+    fn offset(&self, block: u32, head: usize) -> usize {
+        (block as usize * self.kv_heads + head) * BLOCK_SIZE * self.head_dim
     }
 
-    /// Writes `t` new tokens' keys and values, each `[kv_heads, t, head_dim]`, at positions
-    /// `start..start + t` of the sequence.
+    /// Writes the keys and values of a batch's `rows` (each `[kv_heads, n, head_dim]`) at
+    /// positions `start..` of the sequence.
     pub(crate) fn write(
         &mut self,
         layer: usize,
         table: &BlockTable,
         start: usize,
-        t: usize,
+        (rows, n): (std::ops::Range<usize>, usize),
         keys: &[f32],
         values: &[f32],
     ) {
         let d = self.head_dim;
         for head in 0..self.kv_heads {
-            for i in 0..t {
+            for (i, row) in rows.clone().enumerate() {
                 let position = start + i;
                 let block = table.blocks[position / BLOCK_SIZE];
-                let at = self.offset(block, head, position % BLOCK_SIZE);
-                let from = (head * t + i) * d;
-                self.keys[layer][at..at + d].copy_from_slice(&keys[from..from + d]);
-                self.values[layer][at..at + d].copy_from_slice(&values[from..from + d]);
+                let slot = position % BLOCK_SIZE;
+                let at = self.offset(block, head);
+                let from = (head * n + row) * d;
+                let block_keys = &mut self.keys[layer][at..at + d * BLOCK_SIZE];
+                for (dim, &k) in keys[from..from + d].iter().enumerate() {
+                    block_keys[dim * BLOCK_SIZE + slot] = k;
+                }
+                self.values[layer][at + slot * d..at + (slot + 1) * d]
+                    .copy_from_slice(&values[from..from + d]);
             }
         }
     }
 
-    /// The first `len` tokens' keys and values, each as `[kv_heads, len, head_dim]`.
-    pub(crate) fn gather(
-        &self,
-        layer: usize,
-        table: &BlockTable,
-        len: usize,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let d = self.head_dim;
-        // Appended in order (head, then block): no zeroing of memory about to be copied.
-        let mut keys = Vec::with_capacity(self.kv_heads * len * d);
-        let mut values = Vec::with_capacity(self.kv_heads * len * d);
-        for head in 0..self.kv_heads {
-            for (b, &block) in table.blocks.iter().enumerate() {
-                let first = b * BLOCK_SIZE;
-                if first >= len {
-                    break;
-                }
-                let count = BLOCK_SIZE.min(len - first);
-                let at = self.offset(block, head, 0);
-                keys.extend_from_slice(&self.keys[layer][at..at + count * d]);
-                values.extend_from_slice(&self.values[layer][at..at + count * d]);
-            }
-        }
-        (keys, values)
+    /// A block's keys for one KV head, transposed: `[head_dim][BLOCK_SIZE]`.
+    pub(crate) fn block_keys(&self, layer: usize, block: u32, head: usize) -> &[f32] {
+        let at = self.offset(block, head);
+        &self.keys[layer][at..at + self.head_dim * BLOCK_SIZE]
+    }
+
+    /// A block's values for one KV head: `[BLOCK_SIZE][head_dim]`.
+    pub(crate) fn block_values(&self, layer: usize, block: u32, head: usize) -> &[f32] {
+        let at = self.offset(block, head);
+        &self.values[layer][at..at + BLOCK_SIZE * self.head_dim]
     }
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 
+use crate::backend::cpu::attention::{self, Queries, SequenceRows};
 use crate::error::{EngineError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::model::config::{LlamaConfig, RopeStyle};
@@ -217,48 +217,39 @@ impl LlamaModel {
             let mut spans = Vec::with_capacity(segments.len());
             let mut offset = 0;
             for seg in segments.iter_mut() {
-                let len = seg.tokens.len();
-                let start = seg.cache.len();
-                // This segment's rows of `[kv_heads, n, d]`, as `[kv_heads, len, d]`.
-                let rows = |all: &[f32], count: usize| -> Vec<f32> {
-                    (0..count)
-                        .flat_map(|h| {
-                            all[(h * n + offset) * d..(h * n + offset + len) * d]
-                                .iter()
-                                .copied()
-                        })
-                        .collect()
-                };
+                let (start, len) = (seg.cache.len(), seg.tokens.len());
                 pool.write(
                     layer_idx,
                     seg.cache,
                     start,
-                    len,
-                    &rows(&k_all, kv_heads),
-                    &rows(&v_all, kv_heads),
+                    (offset..offset + len, n),
+                    &k_all,
+                    &v_all,
                 );
                 spans.push((offset, start, len));
                 offset += len;
             }
-            // ...then attention, the segments in parallel: each reads only its own blocks,
-            // and its result does not depend on which thread computes it.
-            let pool_view: &KvPool = pool;
-            let outputs = segments
-                .par_iter()
+            // ...then attention, reading the blocks in place.
+            let queries = q.flatten_all()?.to_vec1::<f32>()?;
+            let sequences: Vec<SequenceRows<'_>> = segments
+                .iter()
                 .zip(&spans)
-                .map(|(seg, &(offset, start, len))| -> Result<Tensor> {
-                    // Gather this sequence's context from its blocks, then matrix
-                    // multiplications. (A kernel reading the blocks in place for decode
-                    // steps summed in a different order and moved greedy picks at
-                    // near-ties; see engine/tests/greedy_parity.rs.)
-                    let total = start + len;
-                    let (keys, values) = pool_view.gather(layer_idx, seg.cache, total);
-                    let keys = Tensor::from_vec(keys, (kv_heads, total, d), &device)?;
-                    let values = Tensor::from_vec(values, (kv_heads, total, d), &device)?;
-                    self.attention(&q.narrow(1, offset, len)?, &keys, &values, start)
+                .map(|(seg, &(offset, start, len))| SequenceRows {
+                    table: &*seg.cache,
+                    offset,
+                    start,
+                    len,
                 })
-                .collect::<Result<Vec<Tensor>>>()?;
-            let attn = Tensor::cat(&outputs, 0)?;
+                .collect();
+            let queries = Queries {
+                values: &queries,
+                n,
+                heads: cfg.n_heads,
+                kv_heads,
+                head_dim: d,
+            };
+            let attn = attention::attend(pool, layer_idx, &queries, &sequences);
+            let attn = Tensor::from_vec(attn, (n, cfg.n_heads * d), &device)?;
             hidden = (hidden + layer.o_proj.forward(&attn)?)?;
 
             let normed =
@@ -287,50 +278,6 @@ impl LlamaModel {
             RopeStyle::Halves => candle_nn::rotary_emb::rope(&xs, cos, sin)?,
         };
         Ok(rotated.squeeze(0)?)
-    }
-
-    /// Causal attention of `q` `[heads, t, d]` over a sequence's whole cache
-    /// `[kv_heads, start + t, d]`; returns `[t, heads * d]`.
-    fn attention(
-        &self,
-        q: &Tensor,
-        keys: &Tensor,
-        values: &Tensor,
-        start: usize,
-    ) -> Result<Tensor> {
-        let cfg = &self.config;
-        let (heads, t, d) = q.dims3()?;
-        let group = heads / cfg.n_kv_heads;
-        let total = start + t;
-        // Grouped-query attention without copying K/V: fold each group's heads into rows.
-        let q = q.contiguous()?.reshape((cfg.n_kv_heads, group * t, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
-        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
-        if t > 1 {
-            let mask: Vec<f32> = (0..t)
-                .flat_map(|i| {
-                    (0..total).map(move |j| {
-                        if j <= start + i {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (t, total), &Device::Cpu)?;
-            scores = scores
-                .reshape((cfg.n_kv_heads, group, t, total))?
-                .broadcast_add(&mask)?
-                .reshape((cfg.n_kv_heads, group * t, total))?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&values.contiguous()?)?;
-        Ok(out
-            .reshape((heads, t, d))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((t, heads * d))?)
     }
 }
 
