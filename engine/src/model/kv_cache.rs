@@ -96,31 +96,37 @@ impl KvPool {
         (block as usize * self.kv_heads + head) * BLOCK_SIZE * self.head_dim
     }
 
-    /// Writes the keys and values of a batch's `rows` (each `[kv_heads, n, head_dim]`) at
-    /// positions `start..` of the sequence.
+    /// Writes new tokens' keys and values, each `[tokens, kv_heads, head_dim]`, at positions
+    /// `start..` of the sequence.
     pub(crate) fn write(
         &mut self,
         layer: usize,
         table: &BlockTable,
         start: usize,
-        (rows, n): (std::ops::Range<usize>, usize),
         keys: &[f32],
         values: &[f32],
     ) {
         let d = self.head_dim;
-        for head in 0..self.kv_heads {
-            for (i, row) in rows.clone().enumerate() {
-                let position = start + i;
-                let block = table.blocks[position / BLOCK_SIZE];
-                let slot = position % BLOCK_SIZE;
+        let token_width = self.kv_heads * d;
+        for (i, (token_keys, token_values)) in keys
+            .chunks_exact(token_width)
+            .zip(values.chunks_exact(token_width))
+            .enumerate()
+        {
+            let position = start + i;
+            let block = table.blocks[position / BLOCK_SIZE];
+            let slot = position % BLOCK_SIZE;
+            for (head, (k, v)) in token_keys
+                .chunks_exact(d)
+                .zip(token_values.chunks_exact(d))
+                .enumerate()
+            {
                 let at = self.offset(block, head);
-                let from = (head * n + row) * d;
                 let block_keys = &mut self.keys[layer][at..at + d * BLOCK_SIZE];
-                for (dim, &k) in keys[from..from + d].iter().enumerate() {
-                    block_keys[dim * BLOCK_SIZE + slot] = k;
+                for (dim, &key) in k.iter().enumerate() {
+                    block_keys[dim * BLOCK_SIZE + slot] = key;
                 }
-                self.values[layer][at + slot * d..at + (slot + 1) * d]
-                    .copy_from_slice(&values[from..from + d]);
+                self.values[layer][at + slot * d..at + (slot + 1) * d].copy_from_slice(v);
             }
         }
     }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use crate::backend::cpu::attention::{self, Queries, SequenceRows};
 use crate::error::{EngineError, Result};
@@ -35,9 +36,9 @@ pub struct LlamaModel {
     layers: Vec<Layer>,
     final_norm: Tensor,
     lm_head: Linear,
-    /// `[context_length, head_dim / 2]`
-    rope_cos: Tensor,
-    rope_sin: Tensor,
+    /// `[context_length, head_dim / 2]`, row-major.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
 }
 
 /// One sequence's share of a forward pass: `tokens` continue its cache at `cache.len()`.
@@ -195,42 +196,30 @@ impl LlamaModel {
         let n = ids.len();
         let device = Device::Cpu;
         let ids = Tensor::from_vec(ids, n, &device)?;
-        let positions = Tensor::from_vec(positions, n, &device)?;
-        let cos = self.rope_cos.index_select(&positions, 0)?;
-        let sin = self.rope_sin.index_select(&positions, 0)?;
 
         let mut hidden = self.embed_tokens.forward(&ids)?;
         for (layer_idx, layer) in self.layers.iter().enumerate() {
             let normed =
                 candle_nn::ops::rms_norm(&hidden, &layer.attn_norm, cfg.rms_norm_eps as f32)?;
             let [q, k, v] = forward_shared([&layer.q_proj, &layer.k_proj, &layer.v_proj], &normed)?;
-            let q = self.rope(&q, cfg.n_heads, &cos, &sin)?;
-            let k = self.rope(&k, cfg.n_kv_heads, &cos, &sin)?;
-            let v = v
-                .reshape((n, cfg.n_kv_heads, cfg.head_dim))?
-                .transpose(0, 1)?
-                .contiguous()?;
+            // Row-major `[n, heads, head_dim]` from here on: no transposes.
+            let mut q = q.flatten_all()?.to_vec1::<f32>()?;
+            let mut k = k.flatten_all()?.to_vec1::<f32>()?;
+            let v = v.flatten_all()?.to_vec1::<f32>()?;
+            self.rope(&mut q, &positions);
+            self.rope(&mut k, &positions);
             let (kv_heads, d) = (cfg.n_kv_heads, cfg.head_dim);
-            let k_all = k.flatten_all()?.to_vec1::<f32>()?;
-            let v_all = v.flatten_all()?.to_vec1::<f32>()?;
             // Each segment's new keys and values into its blocks, in order...
             let mut spans = Vec::with_capacity(segments.len());
             let mut offset = 0;
             for seg in segments.iter_mut() {
                 let (start, len) = (seg.cache.len(), seg.tokens.len());
-                pool.write(
-                    layer_idx,
-                    seg.cache,
-                    start,
-                    (offset..offset + len, n),
-                    &k_all,
-                    &v_all,
-                );
+                let rows = offset * kv_heads * d..(offset + len) * kv_heads * d;
+                pool.write(layer_idx, seg.cache, start, &k[rows.clone()], &v[rows]);
                 spans.push((offset, start, len));
                 offset += len;
             }
             // ...then attention, reading the blocks in place.
-            let queries = q.flatten_all()?.to_vec1::<f32>()?;
             let sequences: Vec<SequenceRows<'_>> = segments
                 .iter()
                 .zip(&spans)
@@ -242,7 +231,7 @@ impl LlamaModel {
                 })
                 .collect();
             let queries = Queries {
-                values: &queries,
+                values: &q,
                 n,
                 heads: cfg.n_heads,
                 kv_heads,
@@ -266,22 +255,39 @@ impl LlamaModel {
         self.lm_head.forward(&last)
     }
 
-    /// `[n, heads * head_dim] -> [heads, n, head_dim]`, rotated by position.
-    fn rope(&self, xs: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let n = xs.dim(0)?;
-        let xs = xs
-            .reshape((1, n, heads, self.config.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let rotated = match self.config.rope_style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&xs, cos, sin)?,
-            RopeStyle::Halves => candle_nn::rotary_emb::rope(&xs, cos, sin)?,
-        };
-        Ok(rotated.squeeze(0)?)
+    /// Rotates `[n, heads, head_dim]` rows in place, row `i` by `positions[i]`, as candle's
+    /// `rope`/`rope_i` compute it.
+    fn rope(&self, xs: &mut [f32], positions: &[u32]) {
+        let d = self.config.head_dim;
+        let half = d / 2;
+        let row = xs.len() / positions.len().max(1);
+        let style = self.config.rope_style;
+        xs.par_chunks_mut(row)
+            .zip(positions)
+            .for_each(|(row, &position)| {
+                let at = position as usize * half;
+                let (cos, sin) = (&self.rope_cos[at..at + half], &self.rope_sin[at..at + half]);
+                for head in row.chunks_exact_mut(d) {
+                    for (i, (&c, &s)) in cos.iter().zip(sin).enumerate() {
+                        let (i1, i2) = match style {
+                            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                            RopeStyle::Halves => (i, i + half),
+                        };
+                        let (a, b) = (head[i1], head[i2]);
+                        head[i1] = a * c - b * s;
+                        head[i2] = a * s + b * c;
+                    }
+                }
+            });
     }
 }
 
-fn rope_tables(config: &LlamaConfig, freq_factors: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+/// The cosines and sines of every position's rotation angles, `[context_length, head_dim /
+/// 2]` each.
+fn rope_tables(
+    config: &LlamaConfig,
+    freq_factors: Option<&Tensor>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let half = config.head_dim / 2;
     let factors: Vec<f32> = match freq_factors {
         Some(t) => t.flatten_all()?.to_vec1::<f32>()?,
@@ -298,7 +304,8 @@ fn rope_tables(config: &LlamaConfig, freq_factors: Option<&Tensor>) -> Result<(T
         .to_dtype(DType::F32)?
         .reshape((config.context_length, 1))?;
     let angles = positions.matmul(&inv_freq)?;
-    Ok((angles.cos()?, angles.sin()?))
+    let table = |t: Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+    Ok((table(angles.cos()?)?, table(angles.sin()?)?))
 }
 
 /// The index of the largest logit; ties go to the lowest index, as in llama.cpp. NaNs are

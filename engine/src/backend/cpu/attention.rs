@@ -18,7 +18,7 @@ const ROWS_PER_TASK: usize = 16;
 /// Independent partial sums per query-key dot product: enough to keep the FMA units busy.
 const PARTIALS: usize = 4;
 
-/// The batch's rotated queries, `[heads, n, head_dim]`.
+/// The batch's rotated queries, `[n, heads, head_dim]`.
 pub(crate) struct Queries<'a> {
     pub values: &'a [f32],
     pub n: usize,
@@ -130,7 +130,7 @@ fn run_inline(
         let scores = &mut scores[..count];
         for g in 0..group {
             let head = task.kv_head * group + g;
-            let at = (head * queries.n + seq.offset + row) * d;
+            let at = ((seq.offset + row) * queries.heads + head) * d;
             let q = &queries.values[at..at + d];
             for (b, &block) in seq.table.blocks.iter().enumerate() {
                 let first = b * BLOCK_SIZE;
@@ -260,21 +260,13 @@ mod tests {
         let first = BlockTable::with_blocks(vec![5, 1, 7]);
         let second = BlockTable::with_blocks(vec![0, 3]);
         let (cached, new_first, new_second) = (37, 5, 20);
-        // Per sequence, keys and values for all its positions, `[kv_heads, len, d]`.
+        // Per sequence, keys and values for all its positions, `[len, kv_heads, d]`.
         let keys_1 = values(kv_heads * (cached + new_first) * d, 1);
         let values_1 = values(kv_heads * (cached + new_first) * d, 2);
         let keys_2 = values(kv_heads * new_second * d, 3);
         let values_2 = values(kv_heads * new_second * d, 4);
-        let len_1 = cached + new_first;
-        pool.write(0, &first, 0, (0..len_1, len_1), &keys_1, &values_1);
-        pool.write(
-            0,
-            &second,
-            0,
-            (0..new_second, new_second),
-            &keys_2,
-            &values_2,
-        );
+        pool.write(0, &first, 0, &keys_1, &values_1);
+        pool.write(0, &second, 0, &keys_2, &values_2);
         let n = new_first + new_second;
         let queries = values(heads * n * d, 5);
         let q = Queries {
@@ -300,18 +292,18 @@ mod tests {
         ];
         let out = attend(&pool, 0, &q, &sequences);
         let group = heads / kv_heads;
-        for (seq, keys, vals, len) in [
-            (&sequences[0], &keys_1, &values_1, len_1),
-            (&sequences[1], &keys_2, &values_2, new_second),
+        for (seq, keys, vals) in [
+            (&sequences[0], &keys_1, &values_1),
+            (&sequences[1], &keys_2, &values_2),
         ] {
             for row in 0..seq.len {
                 let count = seq.start + row + 1;
                 for head in 0..heads {
                     let h = head / group;
-                    let qv = &queries[(head * n + seq.offset + row) * d..][..d];
+                    let qv = &queries[((seq.offset + row) * heads + head) * d..][..d];
                     let scores: Vec<f64> = (0..count)
                         .map(|j| {
-                            let k = &keys[(h * len + j) * d..][..d];
+                            let k = &keys[(j * kv_heads + h) * d..][..d];
                             let dot: f64 =
                                 qv.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
                             dot / (d as f64).sqrt()
@@ -322,7 +314,7 @@ mod tests {
                     let total: f64 = weights.iter().sum();
                     for i in 0..d {
                         let expected: f64 = (0..count)
-                            .map(|j| weights[j] / total * vals[(h * len + j) * d + i] as f64)
+                            .map(|j| weights[j] / total * vals[(j * kv_heads + h) * d + i] as f64)
                             .sum();
                         let got = out[(seq.offset + row) * heads * d + head * d + i] as f64;
                         assert!(
