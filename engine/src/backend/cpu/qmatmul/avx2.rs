@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::quantize::{Group8Block, QuantizedRow};
+use super::quantize::{Group4Block, Group8Block, QuantizedRow};
 use super::{BLOCK, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES};
 
 /// `super::quantize_block`, vectorized, with the same results bit for bit: the same
@@ -80,6 +80,10 @@ pub(super) trait Format {
 
     /// Eight tokens, one per lane: the block's exact integer dot product with each.
     unsafe fn group_products(block: &[u8], xb: &Group8Block) -> __m256i;
+
+    /// Four tokens, one per 64-bit lane: the block's exact integer dot product with each,
+    /// in 32-bit lanes 0, 2, 4 and 6 (the odd lanes hold other integers).
+    unsafe fn group4_products(block: &[u8], xb: &Group4Block) -> __m256i;
 }
 
 pub(super) struct Q4_1;
@@ -132,6 +136,35 @@ impl Format for Q4_1 {
             _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
         }
     }
+
+    #[inline(always)]
+    unsafe fn group4_products(block: &[u8], xb: &Group4Block) -> __m256i {
+        // SAFETY: 16 bytes of nibbles at block[4..20]; `Group4Block`'s slices are
+        // 32-aligned.
+        unsafe {
+            let mask = _mm256_set1_epi8(0x0F);
+            // Packed bytes 0..8 hold values 0..8 (low nibbles) and 16..24 (high); bytes
+            // 8..16 values 8..16 and 24..32.
+            let first = _mm256_set1_epi64x(block[4..12].as_ptr().cast::<i64>().read_unaligned());
+            let second = _mm256_set1_epi64x(block[12..20].as_ptr().cast::<i64>().read_unaligned());
+            let weights = [
+                _mm256_and_si256(first, mask),
+                _mm256_and_si256(second, mask),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(first), mask),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(second), mask),
+            ];
+            let mut products = [_mm256_setzero_si256(); 4];
+            for ((product, weights), xs) in products.iter_mut().zip(weights).zip(&xb.slices) {
+                *product = _mm256_maddubs_epi16(weights, _mm256_load_si256(xs.as_ptr().cast()));
+            }
+            // Four slices' pair sums stay within ±15240: they add up in 16 bits.
+            let pairs = _mm256_add_epi16(
+                _mm256_add_epi16(products[0], products[1]),
+                _mm256_add_epi16(products[2], products[3]),
+            );
+            pair_lanes(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        }
+    }
 }
 
 impl Format for Q5_0 {
@@ -159,6 +192,16 @@ impl Format for Q5_0 {
             signed_group_products(&values.0, 0, xb, true)
         }
     }
+
+    #[inline(always)]
+    unsafe fn group4_products(block: &[u8], xb: &Group4Block) -> __m256i {
+        // SAFETY: a whole block.
+        unsafe {
+            let mut values = Aligned32([0; BLOCK]);
+            _mm256_store_si256(values.0.as_mut_ptr().cast(), q5_0_bytes(block));
+            signed_group4_products(&values.0, 0, xb)
+        }
+    }
 }
 
 impl Format for Q8_0 {
@@ -181,6 +224,12 @@ impl Format for Q8_0 {
         // SAFETY: 32 bytes of values at block[2..34]. Pair sums reach ±32512: each slice
         // widens to 32 bits on its own.
         unsafe { signed_group_products(block, 2, xb, false) }
+    }
+
+    #[inline(always)]
+    unsafe fn group4_products(block: &[u8], xb: &Group4Block) -> __m256i {
+        // SAFETY: 32 bytes of values at block[2..34].
+        unsafe { signed_group4_products(block, 2, xb) }
     }
 }
 
@@ -249,6 +298,40 @@ unsafe fn signed_group_products(
             sums
         }
     }
+}
+
+/// Signed weights (32 bytes at `values[at..]`) times four tokens, one per 64-bit lane:
+/// each slice widens to 32 bits on its own (Q8_0's pair sums reach ±32512).
+#[inline(always)]
+unsafe fn signed_group4_products(values: &[u8], at: usize, xb: &Group4Block) -> __m256i {
+    assert!(at + BLOCK <= values.len());
+    // SAFETY: 32 bytes at `values[at..]`, checked above; AVX2 is enabled by the callers.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut sums = _mm256_setzero_si256();
+        for (s, xs) in xb.slices.iter().enumerate() {
+            let xs = _mm256_load_si256(xs.as_ptr().cast());
+            let eight = values
+                .as_ptr()
+                .add(at + 8 * s)
+                .cast::<i64>()
+                .read_unaligned();
+            let weights = _mm256_set1_epi64x(eight);
+            let products = _mm256_maddubs_epi16(
+                _mm256_sign_epi8(weights, weights),
+                _mm256_sign_epi8(xs, weights),
+            );
+            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, ones));
+        }
+        pair_lanes(sums)
+    }
+}
+
+/// Each 64-bit lane's two 32-bit sums added into its even lane.
+#[inline(always)]
+unsafe fn pair_lanes(sums: __m256i) -> __m256i {
+    // SAFETY: AVX2 is enabled by the callers.
+    unsafe { _mm256_add_epi32(sums, _mm256_srli_epi64::<32>(sums)) }
 }
 
 /// Bytes `at..at + 4` in every 32-bit lane.
@@ -368,6 +451,46 @@ pub(super) unsafe fn dot8<F: Format>(w: &[u8], x: &[Group8Block], out: &mut [f32
     unsafe {
         let total = _mm256_add_ps(sum_partials(&partials), last);
         _mm256_storeu_ps(out.as_mut_ptr(), total);
+    }
+}
+
+/// One weight row times a group of four tokens, one token per 64-bit lane.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot4<F: Format>(w: &[u8], x: &[Group4Block], out: &mut [f32; 4]) {
+    let mut partials = [_mm256_setzero_ps(); 8];
+    let blocks = x.len().min(w.len() / F::BYTES);
+    let full = blocks - blocks % 8;
+    let mut last = _mm256_setzero_ps();
+    for (b, (block, xb)) in w.chunks_exact(F::BYTES).zip(x).take(blocks).enumerate() {
+        let sum = if b < full {
+            &mut partials[b % 8]
+        } else {
+            &mut last
+        };
+        // SAFETY: a whole block; aligned fields in `xb`. The odd lanes' scales and sums
+        // are zero, so whatever integers `group4_products` leaves there add nothing.
+        unsafe {
+            let (d, min) = F::scale_and_min(block);
+            let totals = _mm256_cvtepi32_ps(F::group4_products(block, xb));
+            let ds = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_load_ps(xb.scales.as_ptr()));
+            *sum = _mm256_fmadd_ps(ds, totals, *sum);
+            if F::HAS_MIN {
+                let sums = _mm256_load_ps(xb.sums.as_ptr());
+                *sum = _mm256_fmadd_ps(_mm256_set1_ps(min), sums, *sum);
+            }
+        }
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: AVX is enabled; eight f32 out.
+    unsafe {
+        let total = _mm256_add_ps(sum_partials(&partials), last);
+        _mm256_storeu_ps(lanes.as_mut_ptr(), total);
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = lanes[2 * r];
     }
 }
 

@@ -3,7 +3,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
-use super::quantize::{Group8Block, QuantizedRow};
+use super::quantize::{Group4Block, Group8Block, QuantizedRow};
 use super::{BLOCK, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, WeightFormat};
 
 #[inline(always)]
@@ -13,6 +13,8 @@ pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
 
 /// Dots one weight row with one activation row.
 pub(super) type DotFn = fn(&[u8], &QuantizedRow) -> f32;
+/// Dots one weight row with a group of four activation rows.
+pub(super) type Dot4Fn = fn(&[u8], &[Group4Block], &mut [f32; 4]);
 /// Dots one weight row with a group of eight activation rows.
 pub(super) type Dot8Fn = fn(&[u8], &[Group8Block], &mut [f32; 8]);
 
@@ -29,6 +31,7 @@ pub(super) type Dot8Fn = fn(&[u8], &[Group8Block], &mut [f32; 8]);
 #[derive(Clone, Copy)]
 pub(super) struct Kernels {
     pub(super) dot: DotFn,
+    pub(super) dot4: Dot4Fn,
     pub(super) dot8: Dot8Fn,
 }
 
@@ -43,14 +46,17 @@ impl Kernels {
             return match format {
                 WeightFormat::Q4_1 => Self {
                     dot: |w, x| unsafe { avx2::dot::<avx2::Q4_1>(w, x) },
+                    dot4: |w, x, out| unsafe { avx2::dot4::<avx2::Q4_1>(w, x, out) },
                     dot8: |w, x, out| unsafe { avx2::dot8::<avx2::Q4_1>(w, x, out) },
                 },
                 WeightFormat::Q5_0 => Self {
                     dot: |w, x| unsafe { avx2::dot::<avx2::Q5_0>(w, x) },
+                    dot4: |w, x, out| unsafe { avx2::dot4::<avx2::Q5_0>(w, x, out) },
                     dot8: |w, x, out| unsafe { avx2::dot8::<avx2::Q5_0>(w, x, out) },
                 },
                 WeightFormat::Q8_0 => Self {
                     dot: |w, x| unsafe { avx2::dot::<avx2::Q8_0>(w, x) },
+                    dot4: |w, x, out| unsafe { avx2::dot4::<avx2::Q8_0>(w, x, out) },
                     dot8: |w, x, out| unsafe { avx2::dot8::<avx2::Q8_0>(w, x, out) },
                 },
             };
@@ -59,17 +65,42 @@ impl Kernels {
         match format {
             WeightFormat::Q4_1 => Self {
                 dot: dot_q4_1_portable,
+                dot4: |w, x, out| dot4_portable(dot_q4_1_portable, w, x, out),
                 dot8: |w, x, out| dot8_portable(dot_q4_1_portable, w, x, out),
             },
             WeightFormat::Q5_0 => Self {
                 dot: dot_q5_0_portable,
+                dot4: |w, x, out| dot4_portable(dot_q5_0_portable, w, x, out),
                 dot8: |w, x, out| dot8_portable(dot_q5_0_portable, w, x, out),
             },
             WeightFormat::Q8_0 => Self {
                 dot: dot_q8_0_portable,
+                dot4: |w, x, out| dot4_portable(dot_q8_0_portable, w, x, out),
                 dot8: |w, x, out| dot8_portable(dot_q8_0_portable, w, x, out),
             },
         }
+    }
+}
+
+fn dot4_portable(dot: DotFn, w: &[u8], x: &[Group4Block], out: &mut [f32; 4]) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot(w, &group4_row(x, r));
+    }
+}
+
+/// The `r`th row of a four-row group, for the one-row kernels.
+fn group4_row(x: &[Group4Block], r: usize) -> QuantizedRow {
+    QuantizedRow {
+        scales: x.iter().map(|b| b.scales[2 * r]).collect(),
+        sums: x.iter().map(|b| b.sums[2 * r]).collect(),
+        values: x
+            .iter()
+            .flat_map(|b| {
+                b.slices
+                    .iter()
+                    .flat_map(move |s| s[8 * r..8 * r + 8].iter().copied())
+            })
+            .collect(),
     }
 }
 

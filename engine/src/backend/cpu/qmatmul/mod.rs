@@ -15,7 +15,7 @@ mod quantize;
 mod tests;
 
 use kernels::Kernels;
-use quantize::{Group8Block, QuantizedRow};
+use quantize::{Group4Block, Group8Block, QuantizedRow};
 
 /// Elements per quantization block, for both formats.
 pub const BLOCK: usize = 32;
@@ -184,30 +184,37 @@ fn check_sizes(
     Ok(())
 }
 
-/// An input quantized once, in the layouts its token count calls for: groups of eight
-/// tokens, so that each weight block is unpacked once for all of them (the last group
-/// padded with zero rows), and a lone last token in the one-row layout, which costs an
-/// eighth of a group. All kernels sum in one order: the layout does not change results.
+/// An input quantized once, in the layouts its token count calls for, so that each weight
+/// block is unpacked once for several tokens: groups of eight (one token per 32-bit lane)
+/// while five or more tokens remain, the last padded with zero rows; then two to four
+/// tokens as a group of four (one per 64-bit lane, about half a group of eight's work), or
+/// a lone last token as one row. All kernels sum in one order: the layout does not change
+/// results.
 struct Activations {
     eights: Vec<Vec<Group8Block>>,
+    four: Option<Vec<Group4Block>>,
     last: Option<QuantizedRow>,
 }
 
 impl Activations {
     fn new(lhs: &[f32], m: usize, k: usize) -> Self {
-        let in_eights = if m % 8 == 1 { m - 1 } else { m };
+        let in_eights = if m % 8 > 4 { m } else { m - m % 8 };
+        let rest = &lhs[in_eights * k..m * k];
         Self {
             eights: lhs[..in_eights * k]
                 .par_chunks(8 * k)
                 .map(|eight| quantize::quantize_group8(eight, k))
                 .collect(),
-            last: (in_eights < m).then(|| quantize::quantize_row(&lhs[in_eights * k..m * k])),
+            four: (rest.len() > k).then(|| quantize::quantize_group4(rest, k)),
+            last: (rest.len() == k).then(|| quantize::quantize_row(rest)),
         }
     }
 
     /// The input's only token, if it has one token.
     fn single(&self) -> Option<&QuantizedRow> {
-        self.last.as_ref().filter(|_| self.eights.is_empty())
+        self.last
+            .as_ref()
+            .filter(|_| self.eights.is_empty() && self.four.is_none())
     }
 
     /// One weight row dotted with every token: `out[t]` for token `t`.
@@ -219,6 +226,12 @@ impl Activations {
             let n = rest.len().min(8);
             rest[..n].copy_from_slice(&eight[..n]);
             rest = &mut rest[n..];
+        }
+        if let Some(group) = &self.four {
+            let mut four = [0f32; 4];
+            (kernels.dot4)(w, group, &mut four);
+            let n = rest.len().min(4);
+            rest[..n].copy_from_slice(&four[..n]);
         }
         if let Some(row) = &self.last {
             rest[0] = (kernels.dot)(w, row);

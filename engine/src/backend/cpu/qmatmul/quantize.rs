@@ -1,5 +1,6 @@
 //! Activations quantized to 8 bits per 32-value block, as llama.cpp's Q8_0/Q8_1, in the
-//! two layouts the kernels read: one row, and groups of eight with one row per vector lane.
+//! three layouts the kernels read: one row, groups of eight with one row per 32-bit vector
+//! lane, and groups of four with one row per 64-bit lane.
 
 use super::BLOCK;
 #[cfg(target_arch = "x86_64")]
@@ -31,6 +32,25 @@ const EMPTY_GROUP8_BLOCK: Group8Block = Group8Block {
     slices: [[0; BLOCK]; 8],
 };
 
+/// Four quantized activation rows laid out for the four-row kernels, which keep one token
+/// per 64-bit vector lane: per block the rows' scales and sums in lanes 0, 2, 4 and 6 (the
+/// odd lanes zero), then the block's values in four slices of eight, each slice holding
+/// those eight values of all four rows side by side (`slices[s][8 * r + i]` is value
+/// `8 * s + i` of row `r`).
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(super) struct Group4Block {
+    pub(super) scales: [f32; 8],
+    pub(super) sums: [f32; 8],
+    pub(super) slices: [[i8; BLOCK]; 4],
+}
+
+const EMPTY_GROUP4_BLOCK: Group4Block = Group4Block {
+    scales: [0.0; 8],
+    sums: [0.0; 8],
+    slices: [[0; BLOCK]; 4],
+};
+
 /// Quantizes one block of 32 values to 8 bits, returning its scale and scaled sum:
 /// `quantize_block` or its AVX2 twin, which gives the same bits.
 type BlockQuantizer = fn(&[f32], &mut [i8]) -> (f32, f32);
@@ -42,6 +62,24 @@ fn block_quantizer() -> BlockQuantizer {
         return |chunk, values| unsafe { avx2::quantize_block(chunk, values) };
     }
     quantize_block
+}
+
+/// Quantizes up to four rows (`k` values each) straight into one four-row group.
+pub(super) fn quantize_group4(rows: &[f32], k: usize) -> Vec<Group4Block> {
+    let quantize = block_quantizer();
+    let mut group = vec![EMPTY_GROUP4_BLOCK; k / BLOCK];
+    let mut values = [0i8; BLOCK];
+    for (r, row) in rows.chunks_exact(k).take(4).enumerate() {
+        for (block, chunk) in group.iter_mut().zip(row.chunks_exact(BLOCK)) {
+            let (scale, sum) = quantize(chunk, &mut values);
+            block.scales[2 * r] = scale;
+            block.sums[2 * r] = sum;
+            for (slice, eight) in block.slices.iter_mut().zip(values.chunks_exact(8)) {
+                slice[8 * r..8 * r + 8].copy_from_slice(eight);
+            }
+        }
+    }
+    group
 }
 
 /// Quantizes up to eight rows (`k` values each) straight into one eight-row group.

@@ -232,10 +232,10 @@ fn kernels_agree(k: usize) {
             WeightFormat::Q8_0 => dot_q8_0_portable,
         };
         let row_bytes = k / 32 * format.block_bytes();
-        // A row computed in a group of eight, padded or not, or after a group as a lone
-        // last row, gives exactly what it gives alone: batched output equals unbatched
-        // output.
-        for batch in [2, 9, 12] {
+        // A row computed in a group of eight, padded or not, in a group of four (two to
+        // four rows, alone or after a group of eight) or as a lone last row gives exactly
+        // what it gives alone: batched output equals unbatched output.
+        for batch in [2, 3, 4, 9, 11, 12] {
             let mut some = vec![0f32; batch * n];
             matmul(format, (batch, k, n), &lhs[..batch * k], weights, &mut some).unwrap();
             assert_eq!(some, dst[..batch * n], "{format:?}, {batch} of {m} rows");
