@@ -122,36 +122,49 @@ fn run_inline(
     let group = queries.heads / queries.kv_heads;
     // As candle's `(q · kᵀ) * scale`: the scale in f32, applied after the dot product.
     let scale = (1.0 / (d as f64).sqrt()) as f32;
-    let mut out = vec![0f32; task.rows.len() * group * d];
-    let mut scores = vec![0f32; seq.start + task.rows.end];
-    for (r, row) in task.rows.clone().enumerate() {
-        // Positions 0..=start + row.
-        let count = seq.start + row + 1;
-        let scores = &mut scores[..count];
-        for g in 0..group {
-            let head = task.kv_head * group + g;
-            let at = ((seq.offset + row) * queries.heads + head) * d;
-            let q = &queries.values[at..at + d];
-            for (b, &block) in seq.table.blocks.iter().enumerate() {
-                let first = b * BLOCK_SIZE;
-                if first >= count {
-                    break;
-                }
-                let keys = pool.block_keys(layer, block, task.kv_head);
-                let dots = block_dots(q, keys);
+    let rows = task.rows.len();
+    let mut out = vec![0f32; rows * group * d];
+    // Row r sees positions 0..=start + row, `counts[r]` of them; its scores, `positions`
+    // apart.
+    let counts: Vec<usize> = task.rows.clone().map(|row| seq.start + row + 1).collect();
+    let positions = seq.start + task.rows.end;
+    let blocks = &seq.table.blocks[..positions.div_ceil(BLOCK_SIZE)];
+    let mut scores = vec![0f32; rows * positions];
+    // Block by block, each block's keys and values serve every row of the task while in
+    // cache; each row's sums run in the same order as if it were alone.
+    for g in 0..group {
+        let head = task.kv_head * group + g;
+        for (b, &block) in blocks.iter().enumerate() {
+            let first = b * BLOCK_SIZE;
+            let keys = pool.block_keys(layer, block, task.kv_head);
+            for ((row, &count), scores) in task
+                .rows
+                .clone()
+                .zip(&counts)
+                .zip(scores.chunks_exact_mut(positions))
+                .filter(|((_, count), _)| **count > first)
+            {
+                let at = ((seq.offset + row) * queries.heads + head) * d;
+                let dots = block_dots(&queries.values[at..at + d], keys);
                 let slots = BLOCK_SIZE.min(count - first);
                 for (score, dot) in scores[first..first + slots].iter_mut().zip(dots) {
                     *score = dot * scale;
                 }
             }
-            softmax(scores);
-            let o = &mut out[(r * group + g) * d..(r * group + g + 1) * d];
-            for (b, &block) in seq.table.blocks.iter().enumerate() {
-                let first = b * BLOCK_SIZE;
-                if first >= count {
-                    break;
-                }
-                let values = pool.block_values(layer, block, task.kv_head);
+        }
+        for (scores, &count) in scores.chunks_exact_mut(positions).zip(&counts) {
+            softmax(&mut scores[..count]);
+        }
+        for (b, &block) in blocks.iter().enumerate() {
+            let first = b * BLOCK_SIZE;
+            let values = pool.block_values(layer, block, task.kv_head);
+            for ((r, &count), scores) in counts
+                .iter()
+                .enumerate()
+                .zip(scores.chunks_exact(positions))
+                .filter(|((_, count), _)| **count > first)
+            {
+                let o = &mut out[(r * group + g) * d..(r * group + g + 1) * d];
                 let slots = BLOCK_SIZE.min(count - first);
                 for (&p, v) in scores[first..first + slots]
                     .iter()
