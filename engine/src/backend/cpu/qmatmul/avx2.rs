@@ -182,24 +182,52 @@ impl Format for Q5_0 {
         unsafe { signed_row_products(q5_0_bytes(block), xs) }
     }
 
+    // The groups use the values plus 16, unsigned, as maddubs's first operand (no sign
+    // operations), and take 16 times each token's value sum off the total.
     #[inline(always)]
     unsafe fn group_products(block: &[u8], xb: &Group8Block) -> __m256i {
-        // SAFETY: a whole block. Weights within ±16: pair sums within ±4064, eight
-        // slices' within ±32512.
+        // SAFETY: a whole block; aligned fields in `xb`.
         unsafe {
             let mut values = Aligned32([0; BLOCK]);
-            _mm256_store_si256(values.0.as_mut_ptr().cast(), q5_0_bytes(block));
-            signed_group_products(&values.0, 0, xb, true)
+            _mm256_store_si256(values.0.as_mut_ptr().cast(), q5_0_unsigned_bytes(block));
+            let ones = _mm256_set1_epi16(1);
+            // Weights 0..=31 times inputs within ±127: four slices' pair sums stay within
+            // ±31496, so each half of the block adds up in 16 bits.
+            let mut halves = [_mm256_setzero_si256(); 2];
+            for (h, half) in halves.iter_mut().enumerate() {
+                let mut pairs = _mm256_setzero_si256();
+                for s in 4 * h..4 * h + 4 {
+                    let xs = _mm256_load_si256(xb.slices[s].as_ptr().cast());
+                    let weights = broadcast4(&values.0, 4 * s);
+                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(weights, xs));
+                }
+                *half = _mm256_madd_epi16(pairs, ones);
+            }
+            let offsets = _mm256_load_si256(xb.value_sums.as_ptr().cast());
+            _mm256_sub_epi32(
+                _mm256_add_epi32(halves[0], halves[1]),
+                _mm256_slli_epi32::<4>(offsets),
+            )
         }
     }
 
     #[inline(always)]
     unsafe fn group4_products(block: &[u8], xb: &Group4Block) -> __m256i {
-        // SAFETY: a whole block.
+        // SAFETY: a whole block; aligned fields in `xb`.
         unsafe {
             let mut values = Aligned32([0; BLOCK]);
-            _mm256_store_si256(values.0.as_mut_ptr().cast(), q5_0_bytes(block));
-            signed_group4_products(&values.0, 0, xb)
+            _mm256_store_si256(values.0.as_mut_ptr().cast(), q5_0_unsigned_bytes(block));
+            // As above: four slices' pair sums stay within ±31496.
+            let mut pairs = _mm256_setzero_si256();
+            for (s, xs) in xb.slices.iter().enumerate() {
+                let xs = _mm256_load_si256(xs.as_ptr().cast());
+                let eight = values.0.as_ptr().add(8 * s).cast::<i64>().read_unaligned();
+                let weights = _mm256_set1_epi64x(eight);
+                pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(weights, xs));
+            }
+            let totals = pair_lanes(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+            let offsets = _mm256_load_si256(xb.value_sums.as_ptr().cast());
+            _mm256_sub_epi32(totals, _mm256_slli_epi32::<4>(offsets))
         }
     }
 }
@@ -223,13 +251,13 @@ impl Format for Q8_0 {
     unsafe fn group_products(block: &[u8], xb: &Group8Block) -> __m256i {
         // SAFETY: 32 bytes of values at block[2..34]. Pair sums reach ±32512: each slice
         // widens to 32 bits on its own.
-        unsafe { signed_group_products(block, 2, xb, false) }
+        unsafe { signed_group_products(&block[2..34], xb) }
     }
 
     #[inline(always)]
     unsafe fn group4_products(block: &[u8], xb: &Group4Block) -> __m256i {
         // SAFETY: 32 bytes of values at block[2..34].
-        unsafe { signed_group4_products(block, 2, xb) }
+        unsafe { signed_group4_products(&block[2..34], xb) }
     }
 }
 
@@ -265,57 +293,40 @@ unsafe fn signed_row_products(weights: __m256i, xs: *const i8) -> __m256i {
     }
 }
 
-/// Signed weights (32 bytes at `values[at..]`) times eight tokens, one per lane. With
-/// `narrow`, the slices' pair sums add up in 16 bits (the caller knows they fit).
+/// Signed weights (32 bytes) times eight tokens, one per lane: each slice widens to 32 bits
+/// on its own (Q8_0's pair sums reach ±32512).
 #[inline(always)]
-unsafe fn signed_group_products(
-    values: &[u8],
-    at: usize,
-    xb: &Group8Block,
-    narrow: bool,
-) -> __m256i {
-    // SAFETY: the caller keeps `at + 32` within `values`; AVX2 is enabled by the callers.
+unsafe fn signed_group_products(weights: &[u8], xb: &Group8Block) -> __m256i {
+    assert!(weights.len() >= BLOCK);
+    // SAFETY: 32 bytes of weights, checked above; AVX2 is enabled by the callers.
     unsafe {
         let ones = _mm256_set1_epi16(1);
-        let mut pairs = _mm256_setzero_si256();
         let mut sums = _mm256_setzero_si256();
         for (s, xs) in xb.slices.iter().enumerate() {
             let xs = _mm256_load_si256(xs.as_ptr().cast());
-            let weights = broadcast4(values, at + 4 * s);
+            let weights = broadcast4(weights, 4 * s);
             let products = _mm256_maddubs_epi16(
                 _mm256_sign_epi8(weights, weights),
                 _mm256_sign_epi8(xs, weights),
             );
-            if narrow {
-                pairs = _mm256_add_epi16(pairs, products);
-            } else {
-                sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, ones));
-            }
+            sums = _mm256_add_epi32(sums, _mm256_madd_epi16(products, ones));
         }
-        if narrow {
-            _mm256_madd_epi16(pairs, ones)
-        } else {
-            sums
-        }
+        sums
     }
 }
 
-/// Signed weights (32 bytes at `values[at..]`) times four tokens, one per 64-bit lane:
-/// each slice widens to 32 bits on its own (Q8_0's pair sums reach ±32512).
+/// Signed weights (32 bytes) times four tokens, one per 64-bit lane: each slice widens to
+/// 32 bits on its own (Q8_0's pair sums reach ±32512).
 #[inline(always)]
-unsafe fn signed_group4_products(values: &[u8], at: usize, xb: &Group4Block) -> __m256i {
-    assert!(at + BLOCK <= values.len());
-    // SAFETY: 32 bytes at `values[at..]`, checked above; AVX2 is enabled by the callers.
+unsafe fn signed_group4_products(weights: &[u8], xb: &Group4Block) -> __m256i {
+    assert!(weights.len() >= BLOCK);
+    // SAFETY: 32 bytes of weights, checked above; AVX2 is enabled by the callers.
     unsafe {
         let ones = _mm256_set1_epi16(1);
         let mut sums = _mm256_setzero_si256();
         for (s, xs) in xb.slices.iter().enumerate() {
             let xs = _mm256_load_si256(xs.as_ptr().cast());
-            let eight = values
-                .as_ptr()
-                .add(at + 8 * s)
-                .cast::<i64>()
-                .read_unaligned();
+            let eight = weights.as_ptr().add(8 * s).cast::<i64>().read_unaligned();
             let weights = _mm256_set1_epi64x(eight);
             let products = _mm256_maddubs_epi16(
                 _mm256_sign_epi8(weights, weights),
@@ -628,6 +639,30 @@ unsafe fn f16_scale(block: &[u8]) -> f32 {
 /// or'ed in where the fifth bit is clear (nibble - 16 in two's complement).
 #[inline(always)]
 unsafe fn q5_0_bytes(block: &[u8]) -> __m256i {
+    // SAFETY: a whole block.
+    unsafe {
+        let (nibbles, bit_set) = q5_0_parts(block);
+        _mm256_or_si256(
+            nibbles,
+            _mm256_andnot_si256(bit_set, _mm256_set1_epi8(0xF0_u8 as i8)),
+        )
+    }
+}
+
+/// A Q5_0 block's 32 values plus 16, as unsigned bytes in 0..=31.
+#[inline(always)]
+unsafe fn q5_0_unsigned_bytes(block: &[u8]) -> __m256i {
+    // SAFETY: a whole block.
+    unsafe {
+        let (nibbles, bit_set) = q5_0_parts(block);
+        _mm256_or_si256(nibbles, _mm256_and_si256(bit_set, _mm256_set1_epi8(0x10)))
+    }
+}
+
+/// A Q5_0 block's low nibbles in byte order, and all ones in the bytes whose fifth bit is
+/// set.
+#[inline(always)]
+unsafe fn q5_0_parts(block: &[u8]) -> (__m256i, __m256i) {
     // SAFETY: a Q5_0 block is 22 bytes: the high bits at 2..6, nibbles at 6..22.
     unsafe {
         let high_bits = i32::from_le_bytes([block[2], block[3], block[4], block[5]]);
@@ -644,14 +679,10 @@ unsafe fn q5_0_bytes(block: &[u8]) -> __m256i {
         // ...and is all ones once every bit but its own (j % 8) is set too.
         let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
         let bit_set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));
-        let packed = _mm_loadu_si128(block.as_ptr().add(6).cast());
+        let packed = _mm_loadu_si128(block[6..22].as_ptr().cast());
         let mask = _mm_set1_epi8(0x0F);
         let low = _mm_and_si128(packed, mask);
         let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
-        let nibbles = _mm256_set_m128i(high, low);
-        _mm256_or_si256(
-            nibbles,
-            _mm256_andnot_si256(bit_set, _mm256_set1_epi8(0xF0_u8 as i8)),
-        )
+        (_mm256_set_m128i(high, low), bit_set)
     }
 }

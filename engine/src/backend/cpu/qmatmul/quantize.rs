@@ -23,12 +23,15 @@ pub(super) struct QuantizedRow {
 pub(super) struct Group8Block {
     pub(super) scales: [f32; 8],
     pub(super) sums: [f32; 8],
+    /// Each row's 32 quantized values added up (for Q5_0's offset of 16).
+    pub(super) value_sums: [i32; 8],
     pub(super) slices: [[i8; BLOCK]; 8],
 }
 
 const EMPTY_GROUP8_BLOCK: Group8Block = Group8Block {
     scales: [0.0; 8],
     sums: [0.0; 8],
+    value_sums: [0; 8],
     slices: [[0; BLOCK]; 8],
 };
 
@@ -42,12 +45,15 @@ const EMPTY_GROUP8_BLOCK: Group8Block = Group8Block {
 pub(super) struct Group4Block {
     pub(super) scales: [f32; 8],
     pub(super) sums: [f32; 8],
+    /// Each row's 32 quantized values added up (for Q5_0's offset of 16).
+    pub(super) value_sums: [i32; 8],
     pub(super) slices: [[i8; BLOCK]; 4],
 }
 
 const EMPTY_GROUP4_BLOCK: Group4Block = Group4Block {
     scales: [0.0; 8],
     sums: [0.0; 8],
+    value_sums: [0; 8],
     slices: [[0; BLOCK]; 4],
 };
 
@@ -64,6 +70,10 @@ fn block_quantizer() -> BlockQuantizer {
     quantize_block
 }
 
+fn value_sum(values: &[i8; BLOCK]) -> i32 {
+    values.iter().map(|&v| i32::from(v)).sum()
+}
+
 /// Quantizes up to four rows (`k` values each) straight into one four-row group.
 pub(super) fn quantize_group4(rows: &[f32], k: usize) -> Vec<Group4Block> {
     let quantize = block_quantizer();
@@ -74,6 +84,7 @@ pub(super) fn quantize_group4(rows: &[f32], k: usize) -> Vec<Group4Block> {
             let (scale, sum) = quantize(chunk, &mut values);
             block.scales[2 * r] = scale;
             block.sums[2 * r] = sum;
+            block.value_sums[2 * r] = value_sum(&values);
             for (slice, eight) in block.slices.iter_mut().zip(values.chunks_exact(8)) {
                 slice[8 * r..8 * r + 8].copy_from_slice(eight);
             }
@@ -92,6 +103,7 @@ pub(super) fn quantize_group8(rows: &[f32], k: usize) -> Vec<Group8Block> {
             let (scale, sum) = quantize(chunk, &mut values);
             block.scales[r] = scale;
             block.sums[r] = sum;
+            block.value_sums[r] = value_sum(&values);
             for (slice, four) in block.slices.iter_mut().zip(values.chunks_exact(4)) {
                 slice[4 * r..4 * r + 4].copy_from_slice(four);
             }
