@@ -61,7 +61,15 @@ pub(crate) fn attend(
         .collect();
     let results: Vec<Vec<f32>> = tasks
         .par_iter()
-        .map(|task| run(pool, layer, queries, &sequences[task.sequence], task))
+        .map(|task| {
+            run(&Job {
+                pool,
+                layer,
+                queries,
+                seq: &sequences[task.sequence],
+                task,
+            })
+        })
         .collect();
     // Each task's `[rows, group, d]` into its rows' heads of `[n, heads * d]`.
     let mut out = vec![0f32; queries.n * heads * d];
@@ -81,43 +89,41 @@ struct Task {
     rows: std::ops::Range<usize>,
 }
 
-fn run(
-    pool: &KvPool,
+/// One task with what it reads.
+struct Job<'a> {
+    pool: &'a KvPool,
     layer: usize,
-    queries: &Queries<'_>,
-    seq: &SequenceRows<'_>,
-    task: &Task,
-) -> Vec<f32> {
+    queries: &'a Queries<'a>,
+    seq: &'a SequenceRows<'a>,
+    task: &'a Task,
+}
+
+fn run(job: &Job<'_>) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.
-        return unsafe { run_avx2(pool, layer, queries, seq, task) };
+        return unsafe { run_avx2(job) };
     }
-    run_inline(pool, layer, queries, seq, task)
+    run_inline(job)
 }
 
 /// The same code compiled for AVX2 and FMA, so that its loops over slots and dimensions
 /// vectorize. `mul_add` is a fused multiply-add on every target: the results are the same.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn run_avx2(
-    pool: &KvPool,
-    layer: usize,
-    queries: &Queries<'_>,
-    seq: &SequenceRows<'_>,
-    task: &Task,
-) -> Vec<f32> {
-    run_inline(pool, layer, queries, seq, task)
+unsafe fn run_avx2(job: &Job<'_>) -> Vec<f32> {
+    run_inline(job)
 }
 
 #[inline(always)]
-fn run_inline(
-    pool: &KvPool,
-    layer: usize,
-    queries: &Queries<'_>,
-    seq: &SequenceRows<'_>,
-    task: &Task,
-) -> Vec<f32> {
+fn run_inline(job: &Job<'_>) -> Vec<f32> {
+    let Job {
+        pool,
+        layer,
+        queries,
+        seq,
+        task,
+    } = *job;
     let d = queries.head_dim;
     let group = queries.heads / queries.kv_heads;
     // As candle's `(q · kᵀ) * scale`: the scale in f32, applied after the dot product.

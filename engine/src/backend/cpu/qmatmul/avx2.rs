@@ -1,12 +1,12 @@
 //! The AVX2/FMA/F16C kernels, generic over the weight format (`Format`). They sum in
 //! the order `kernels.rs` sets out for every kernel: each block's exact integer dot
 //! product, scaled once, into partial sum `block % 8`. A token's result is the same bits
-//! whether it was computed alone (`dot`), in a group of four (`dot4`) or eight (`dot8`),
-//! or by the portable kernels.
+//! whether it was computed alone (`dot`), in a group of four or eight (`dot_group`), or
+//! by the portable kernels.
 
 use std::arch::x86_64::*;
 
-use super::quantize::{Group4Block, Group8Block, QuantizedRow};
+use super::quantize::{Group4Block, Group8Block, GroupBlock, QuantizedRow};
 use super::{BLOCK, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES};
 
 /// `super::quantize_block`, vectorized, with the same results bit for bit: the same
@@ -437,50 +437,63 @@ unsafe fn group_scales<F: Format>(group: &[u8]) -> (__m256, __m256) {
     }
 }
 
-/// One weight row times a group of eight tokens, one token per lane.
+/// One weight row times a group of eight tokens (one per 32-bit lane) or four (one per
+/// 64-bit lane).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot8<F: Format>(w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
-    // SAFETY: AVX is enabled; eight f32 out.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), group_dot::<F, _>(w, x)) };
-}
-
-/// One weight row times a group of four tokens, one token per 64-bit lane.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot4<F: Format>(w: &[u8], x: &[Group4Block], out: &mut [f32; 4]) {
+pub(super) unsafe fn dot_group<F: Format, const ROWS: usize>(
+    w: &[u8],
+    x: &[GroupBlock<ROWS>],
+    out: &mut [f32; ROWS],
+) where
+    GroupBlock<ROWS>: GroupProducts,
+{
+    // The partial sums stay in memory: held in registers, with the block's temporaries,
+    // they spill (measured slower).
+    let mut partials = [_mm256_setzero_ps(); 8];
+    let blocks = x.len().min(w.len() / F::BYTES);
+    let full = blocks - blocks % 8;
+    let mut last = _mm256_setzero_ps();
+    for (b, (block, xb)) in w.chunks_exact(F::BYTES).zip(x).take(blocks).enumerate() {
+        let sum = if b < full {
+            &mut partials[b % 8]
+        } else {
+            &mut last
+        };
+        // SAFETY: a whole block; aligned fields in `xb`. Lanes no token uses have zero
+        // scales and sums, so whatever integers `products` leaves there add nothing.
+        unsafe {
+            let (d, min) = F::scale_and_min(block);
+            let totals = _mm256_cvtepi32_ps(xb.products::<F>(block));
+            let ds = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_load_ps(xb.scales.as_ptr()));
+            *sum = _mm256_fmadd_ps(ds, totals, *sum);
+            if F::HAS_MIN {
+                let sums = _mm256_load_ps(xb.sums.as_ptr());
+                *sum = _mm256_fmadd_ps(_mm256_set1_ps(min), sums, *sum);
+            }
+        }
+    }
     let mut lanes = [0f32; 8];
     // SAFETY: AVX is enabled; eight f32 out.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), group_dot::<F, _>(w, x)) };
+    unsafe {
+        let total = _mm256_add_ps(sum_partials(&partials), last);
+        _mm256_storeu_ps(lanes.as_mut_ptr(), total);
+    }
     for (r, o) in out.iter_mut().enumerate() {
-        *o = lanes[2 * r];
+        *o = lanes[GroupBlock::<ROWS>::lane(r)];
     }
 }
 
-/// A group of tokens quantized for one of the group kernels.
-trait TokenGroup {
-    /// Each token's scale and scaled sum in its lane, zero in lanes no token uses.
-    fn scales(&self) -> &[f32; 8];
-    fn sums(&self) -> &[f32; 8];
-
+/// The group kernels' products for one layout.
+pub(super) trait GroupProducts {
     /// The block's exact integer dot product with each token, in its lane. Lanes no token
-    /// uses hold other integers, which the zero scales cancel.
+    /// uses hold other integers.
     unsafe fn products<F: Format>(&self, block: &[u8]) -> __m256i;
 }
 
-impl TokenGroup for Group8Block {
-    fn scales(&self) -> &[f32; 8] {
-        &self.scales
-    }
-
-    fn sums(&self) -> &[f32; 8] {
-        &self.sums
-    }
-
+impl GroupProducts for Group8Block {
     #[inline(always)]
     unsafe fn products<F: Format>(&self, block: &[u8]) -> __m256i {
         // SAFETY: the caller passes a whole block.
@@ -488,51 +501,12 @@ impl TokenGroup for Group8Block {
     }
 }
 
-impl TokenGroup for Group4Block {
-    fn scales(&self) -> &[f32; 8] {
-        &self.scales
-    }
-
-    fn sums(&self) -> &[f32; 8] {
-        &self.sums
-    }
-
+impl GroupProducts for Group4Block {
     #[inline(always)]
     unsafe fn products<F: Format>(&self, block: &[u8]) -> __m256i {
         // SAFETY: the caller passes a whole block.
         unsafe { F::group4_products(block, self) }
     }
-}
-
-/// One weight row times a group of tokens, each lane summed in the kernels' order.
-#[inline(always)]
-unsafe fn group_dot<F: Format, G: TokenGroup>(w: &[u8], x: &[G]) -> __m256 {
-    // The partial sums stay in memory: held in registers, with the block's temporaries,
-    // they spill (measured slower).
-    // SAFETY (every block below): a whole block; aligned fields in each group block; AVX2
-    // and FMA are enabled by the callers.
-    let mut partials = [unsafe { _mm256_setzero_ps() }; 8];
-    let blocks = x.len().min(w.len() / F::BYTES);
-    let full = blocks - blocks % 8;
-    let mut last = unsafe { _mm256_setzero_ps() };
-    for (b, (block, xb)) in w.chunks_exact(F::BYTES).zip(x).take(blocks).enumerate() {
-        let sum = if b < full {
-            &mut partials[b % 8]
-        } else {
-            &mut last
-        };
-        unsafe {
-            let (d, min) = F::scale_and_min(block);
-            let totals = _mm256_cvtepi32_ps(xb.products::<F>(block));
-            let ds = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_load_ps(xb.scales().as_ptr()));
-            *sum = _mm256_fmadd_ps(ds, totals, *sum);
-            if F::HAS_MIN {
-                let sums = _mm256_load_ps(xb.sums().as_ptr());
-                *sum = _mm256_fmadd_ps(_mm256_set1_ps(min), sums, *sum);
-            }
-        }
-    }
-    unsafe { _mm256_add_ps(sum_partials(&partials), last) }
 }
 
 /// Lane j: the sum of `v[j]`'s eight lanes (exact: integers).

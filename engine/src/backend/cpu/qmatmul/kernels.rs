@@ -3,7 +3,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::avx2;
-use super::quantize::{Group4Block, Group8Block, QuantizedRow};
+use super::quantize::{Group4Block, Group8Block, GroupBlock, QuantizedRow};
 use super::{BLOCK, Q4_1_BYTES, Q5_0_BYTES, Q8_0_BYTES, WeightFormat};
 
 #[inline(always)]
@@ -46,18 +46,18 @@ impl Kernels {
             return match format {
                 WeightFormat::Q4_1 => Self {
                     dot: |w, x| unsafe { avx2::dot::<avx2::Q4_1>(w, x) },
-                    dot4: |w, x, out| unsafe { avx2::dot4::<avx2::Q4_1>(w, x, out) },
-                    dot8: |w, x, out| unsafe { avx2::dot8::<avx2::Q4_1>(w, x, out) },
+                    dot4: |w, x, out| unsafe { avx2::dot_group::<avx2::Q4_1, 4>(w, x, out) },
+                    dot8: |w, x, out| unsafe { avx2::dot_group::<avx2::Q4_1, 8>(w, x, out) },
                 },
                 WeightFormat::Q5_0 => Self {
                     dot: |w, x| unsafe { avx2::dot::<avx2::Q5_0>(w, x) },
-                    dot4: |w, x, out| unsafe { avx2::dot4::<avx2::Q5_0>(w, x, out) },
-                    dot8: |w, x, out| unsafe { avx2::dot8::<avx2::Q5_0>(w, x, out) },
+                    dot4: |w, x, out| unsafe { avx2::dot_group::<avx2::Q5_0, 4>(w, x, out) },
+                    dot8: |w, x, out| unsafe { avx2::dot_group::<avx2::Q5_0, 8>(w, x, out) },
                 },
                 WeightFormat::Q8_0 => Self {
                     dot: |w, x| unsafe { avx2::dot::<avx2::Q8_0>(w, x) },
-                    dot4: |w, x, out| unsafe { avx2::dot4::<avx2::Q8_0>(w, x, out) },
-                    dot8: |w, x, out| unsafe { avx2::dot8::<avx2::Q8_0>(w, x, out) },
+                    dot4: |w, x, out| unsafe { avx2::dot_group::<avx2::Q8_0, 4>(w, x, out) },
+                    dot8: |w, x, out| unsafe { avx2::dot_group::<avx2::Q8_0, 8>(w, x, out) },
                 },
             };
         }
@@ -65,62 +65,47 @@ impl Kernels {
         match format {
             WeightFormat::Q4_1 => Self {
                 dot: dot_q4_1_portable,
-                dot4: |w, x, out| dot4_portable(dot_q4_1_portable, w, x, out),
-                dot8: |w, x, out| dot8_portable(dot_q4_1_portable, w, x, out),
+                dot4: |w, x, out| dot_group_portable(dot_q4_1_portable, w, x, out),
+                dot8: |w, x, out| dot_group_portable(dot_q4_1_portable, w, x, out),
             },
             WeightFormat::Q5_0 => Self {
                 dot: dot_q5_0_portable,
-                dot4: |w, x, out| dot4_portable(dot_q5_0_portable, w, x, out),
-                dot8: |w, x, out| dot8_portable(dot_q5_0_portable, w, x, out),
+                dot4: |w, x, out| dot_group_portable(dot_q5_0_portable, w, x, out),
+                dot8: |w, x, out| dot_group_portable(dot_q5_0_portable, w, x, out),
             },
             WeightFormat::Q8_0 => Self {
                 dot: dot_q8_0_portable,
-                dot4: |w, x, out| dot4_portable(dot_q8_0_portable, w, x, out),
-                dot8: |w, x, out| dot8_portable(dot_q8_0_portable, w, x, out),
+                dot4: |w, x, out| dot_group_portable(dot_q8_0_portable, w, x, out),
+                dot8: |w, x, out| dot_group_portable(dot_q8_0_portable, w, x, out),
             },
         }
     }
 }
 
-fn dot4_portable(dot: DotFn, w: &[u8], x: &[Group4Block], out: &mut [f32; 4]) {
+/// A group kernel from the one-row kernel, row by row.
+fn dot_group_portable<const ROWS: usize>(
+    dot: DotFn,
+    w: &[u8],
+    x: &[GroupBlock<ROWS>],
+    out: &mut [f32; ROWS],
+) {
     for (r, o) in out.iter_mut().enumerate() {
-        *o = dot(w, &group4_row(x, r));
+        *o = dot(w, &group_row(x, r));
     }
 }
 
-/// The `r`th row of a four-row group, for the one-row kernels.
-fn group4_row(x: &[Group4Block], r: usize) -> QuantizedRow {
+/// The `r`th row of a group, for the one-row kernels.
+fn group_row<const ROWS: usize>(x: &[GroupBlock<ROWS>], r: usize) -> QuantizedRow {
+    let (lane, width) = (GroupBlock::<ROWS>::lane(r), GroupBlock::<ROWS>::WIDTH);
     QuantizedRow {
-        scales: x.iter().map(|b| b.scales[2 * r]).collect(),
-        sums: x.iter().map(|b| b.sums[2 * r]).collect(),
+        scales: x.iter().map(|b| b.scales[lane]).collect(),
+        sums: x.iter().map(|b| b.sums[lane]).collect(),
         values: x
             .iter()
             .flat_map(|b| {
                 b.slices
                     .iter()
-                    .flat_map(move |s| s[8 * r..8 * r + 8].iter().copied())
-            })
-            .collect(),
-    }
-}
-
-fn dot8_portable(dot: DotFn, w: &[u8], x: &[Group8Block], out: &mut [f32; 8]) {
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = dot(w, &group8_row(x, r));
-    }
-}
-
-/// The `r`th row of an eight-row group, for the one-row kernels.
-fn group8_row(x: &[Group8Block], r: usize) -> QuantizedRow {
-    QuantizedRow {
-        scales: x.iter().map(|b| b.scales[r]).collect(),
-        sums: x.iter().map(|b| b.sums[r]).collect(),
-        values: x
-            .iter()
-            .flat_map(|b| {
-                b.slices
-                    .iter()
-                    .flat_map(move |s| s[4 * r..4 * r + 4].iter().copied())
+                    .flat_map(move |s| s[width * r..width * (r + 1)].iter().copied())
             })
             .collect(),
     }

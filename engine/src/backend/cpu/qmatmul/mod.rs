@@ -203,9 +203,9 @@ impl Activations {
         Self {
             eights: lhs[..in_eights * k]
                 .par_chunks(8 * k)
-                .map(|eight| quantize::quantize_group8(eight, k))
+                .map(|eight| quantize::quantize_group(eight, k))
                 .collect(),
-            four: (rest.len() > k).then(|| quantize::quantize_group4(rest, k)),
+            four: (rest.len() > k).then(|| quantize::quantize_group(rest, k)),
             last: (rest.len() == k).then(|| quantize::quantize_row(rest)),
         }
     }

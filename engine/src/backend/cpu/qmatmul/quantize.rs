@@ -14,48 +14,42 @@ pub(super) struct QuantizedRow {
     pub(super) values: Vec<i8>,
 }
 
-/// Eight quantized activation rows laid out for the eight-row kernels, which keep one
-/// token per vector lane: per block the rows' scales and sums, then the block's values in
-/// eight slices of four, each slice holding those four values of all eight rows side by
-/// side (`slices[s][4 * r + i]` is value `4 * s + i` of row `r`).
+/// `ROWS` (eight or four) quantized activation rows laid out for the group kernels, which
+/// keep one token per `256 / ROWS`-bit vector lane. Per block: the rows' scales, sums and
+/// value sums, row `r` in 32-bit lane `r * 8 / ROWS` (other lanes zero); then the block's
+/// values in `ROWS` slices of `32 / ROWS`, each slice holding those values of all rows side
+/// by side (`slices[s][w * r + i]` is value `w * s + i` of row `r`, with `w = 32 / ROWS`).
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
-pub(super) struct Group8Block {
+pub(super) struct GroupBlock<const ROWS: usize> {
     pub(super) scales: [f32; 8],
     pub(super) sums: [f32; 8],
     /// Each row's 32 quantized values added up (for Q5_0's offset of 16).
     pub(super) value_sums: [i32; 8],
-    pub(super) slices: [[i8; BLOCK]; 8],
+    pub(super) slices: [[i8; BLOCK]; ROWS],
 }
 
-const EMPTY_GROUP8_BLOCK: Group8Block = Group8Block {
-    scales: [0.0; 8],
-    sums: [0.0; 8],
-    value_sums: [0; 8],
-    slices: [[0; BLOCK]; 8],
-};
+/// Eight rows, one per 32-bit lane, in slices of four values.
+pub(super) type Group8Block = GroupBlock<8>;
+/// Four rows, one per 64-bit lane, in slices of eight values.
+pub(super) type Group4Block = GroupBlock<4>;
 
-/// Four quantized activation rows laid out for the four-row kernels, which keep one token
-/// per 64-bit vector lane: per block the rows' scales and sums in lanes 0, 2, 4 and 6 (the
-/// odd lanes zero), then the block's values in four slices of eight, each slice holding
-/// those eight values of all four rows side by side (`slices[s][8 * r + i]` is value
-/// `8 * s + i` of row `r`).
-#[derive(Clone, Copy)]
-#[repr(C, align(32))]
-pub(super) struct Group4Block {
-    pub(super) scales: [f32; 8],
-    pub(super) sums: [f32; 8],
-    /// Each row's 32 quantized values added up (for Q5_0's offset of 16).
-    pub(super) value_sums: [i32; 8],
-    pub(super) slices: [[i8; BLOCK]; 4],
+impl<const ROWS: usize> GroupBlock<ROWS> {
+    const EMPTY: Self = Self {
+        scales: [0.0; 8],
+        sums: [0.0; 8],
+        value_sums: [0; 8],
+        slices: [[0; BLOCK]; ROWS],
+    };
+
+    /// Values per slice.
+    pub(super) const WIDTH: usize = BLOCK / ROWS;
+
+    /// The 32-bit lane of row `r`'s scale, sum and result.
+    pub(super) const fn lane(r: usize) -> usize {
+        r * 8 / ROWS
+    }
 }
-
-const EMPTY_GROUP4_BLOCK: Group4Block = Group4Block {
-    scales: [0.0; 8],
-    sums: [0.0; 8],
-    value_sums: [0; 8],
-    slices: [[0; BLOCK]; 4],
-};
 
 /// Quantizes one block of 32 values to 8 bits, returning its scale and scaled sum:
 /// `quantize_block` or its AVX2 twin, which gives the same bits.
@@ -70,42 +64,21 @@ fn block_quantizer() -> BlockQuantizer {
     quantize_block
 }
 
-fn value_sum(values: &[i8; BLOCK]) -> i32 {
-    values.iter().map(|&v| i32::from(v)).sum()
-}
-
-/// Quantizes up to four rows (`k` values each) straight into one four-row group.
-pub(super) fn quantize_group4(rows: &[f32], k: usize) -> Vec<Group4Block> {
+/// Quantizes up to `ROWS` rows (`k` values each) straight into one group.
+pub(super) fn quantize_group<const ROWS: usize>(rows: &[f32], k: usize) -> Vec<GroupBlock<ROWS>> {
     let quantize = block_quantizer();
-    let mut group = vec![EMPTY_GROUP4_BLOCK; k / BLOCK];
+    let width = GroupBlock::<ROWS>::WIDTH;
+    let mut group = vec![GroupBlock::<ROWS>::EMPTY; k / BLOCK];
     let mut values = [0i8; BLOCK];
-    for (r, row) in rows.chunks_exact(k).take(4).enumerate() {
+    for (r, row) in rows.chunks_exact(k).take(ROWS).enumerate() {
+        let lane = GroupBlock::<ROWS>::lane(r);
         for (block, chunk) in group.iter_mut().zip(row.chunks_exact(BLOCK)) {
             let (scale, sum) = quantize(chunk, &mut values);
-            block.scales[2 * r] = scale;
-            block.sums[2 * r] = sum;
-            block.value_sums[2 * r] = value_sum(&values);
-            for (slice, eight) in block.slices.iter_mut().zip(values.chunks_exact(8)) {
-                slice[8 * r..8 * r + 8].copy_from_slice(eight);
-            }
-        }
-    }
-    group
-}
-
-/// Quantizes up to eight rows (`k` values each) straight into one eight-row group.
-pub(super) fn quantize_group8(rows: &[f32], k: usize) -> Vec<Group8Block> {
-    let quantize = block_quantizer();
-    let mut group = vec![EMPTY_GROUP8_BLOCK; k / BLOCK];
-    let mut values = [0i8; BLOCK];
-    for (r, row) in rows.chunks_exact(k).take(8).enumerate() {
-        for (block, chunk) in group.iter_mut().zip(row.chunks_exact(BLOCK)) {
-            let (scale, sum) = quantize(chunk, &mut values);
-            block.scales[r] = scale;
-            block.sums[r] = sum;
-            block.value_sums[r] = value_sum(&values);
-            for (slice, four) in block.slices.iter_mut().zip(values.chunks_exact(4)) {
-                slice[4 * r..4 * r + 4].copy_from_slice(four);
+            block.scales[lane] = scale;
+            block.sums[lane] = sum;
+            block.value_sums[lane] = values.iter().map(|&v| i32::from(v)).sum();
+            for (slice, part) in block.slices.iter_mut().zip(values.chunks_exact(width)) {
+                slice[width * r..width * (r + 1)].copy_from_slice(part);
             }
         }
     }
