@@ -117,7 +117,11 @@ enum Command {
 #[derive(Debug, Default)]
 struct Counters {
     running: AtomicUsize,
+    /// Sequences in the engine loop's queue, as it last published.
     waiting: AtomicUsize,
+    /// Sequences submitted that the engine loop has not taken from its inbox yet: its
+    /// publications cannot count them, so `submit` and the loop keep them here.
+    submitted: AtomicUsize,
     used_blocks: AtomicUsize,
     preemptions: AtomicUsize,
     prefix_queries: AtomicUsize,
@@ -212,14 +216,6 @@ impl Scheduler {
     }
 
     pub fn submit(&self, request: GenerationRequest) -> Result<GenerationStream> {
-        let waiting = self.counters.waiting.load(Ordering::Relaxed);
-        if waiting >= self.options.max_waiting {
-            return Err(EngineError::QueueFull {
-                limit: self.options.max_waiting,
-            });
-        }
-        let (events, stream) = mpsc::unbounded_channel();
-        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
         // A request that could never fit would wait forever: refuse it now.
         let needed = request.prompt.len().saturating_add(request.max_new_tokens);
         if needed > self.capacity.tokens {
@@ -228,17 +224,27 @@ impl Scheduler {
                 capacity: self.capacity.tokens,
             });
         }
+        let in_inbox = self.counters.submitted.fetch_add(1, Ordering::Relaxed);
+        if in_inbox + self.counters.waiting.load(Ordering::Relaxed) >= self.options.max_waiting {
+            self.counters.submitted.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::QueueFull {
+                limit: self.options.max_waiting,
+            });
+        }
+        let (events, stream) = mpsc::unbounded_channel();
         let sequence = Box::new(Sequence::new(request, events));
-        self.commands
-            .send(Command::Submit(sequence))
-            .map_err(|_| EngineError::Stopped)?;
+        if self.commands.send(Command::Submit(sequence)).is_err() {
+            self.counters.submitted.fetch_sub(1, Ordering::Relaxed);
+            return Err(EngineError::Stopped);
+        }
         Ok(stream)
     }
 
     pub fn stats(&self) -> SchedulerStats {
         SchedulerStats {
             running: self.counters.running.load(Ordering::Relaxed),
-            waiting: self.counters.waiting.load(Ordering::Relaxed),
+            waiting: self.counters.waiting.load(Ordering::Relaxed)
+                + self.counters.submitted.load(Ordering::Relaxed),
             used_blocks: self.counters.used_blocks.load(Ordering::Relaxed),
             total_blocks: self.capacity.blocks,
             preemptions: self.counters.preemptions.load(Ordering::Relaxed),
@@ -306,6 +312,9 @@ impl Worker {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Submit(sequence) => {
+                // From the inbox's count to the queue's: the sum never dips.
+                self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+                self.counters.submitted.fetch_sub(1, Ordering::Relaxed);
                 if self.shutdown_deadline.is_some() {
                     sequence.fail(EngineError::Stopped);
                 } else {
@@ -571,7 +580,7 @@ impl Worker {
         self.publish_counts();
     }
 
-    /// Publishes exact counts; between publications `submit` only adds to `waiting`.
+    /// Publishes exact counts (sequences still in the inbox are counted in `submitted`).
     fn publish_counts(&self) {
         self.counters
             .running

@@ -450,30 +450,27 @@ pub(super) unsafe fn dot_group<F: Format, const ROWS: usize>(
 ) where
     GroupBlock<ROWS>: GroupProducts,
 {
-    // The partial sums stay in memory: held in registers, with the block's temporaries,
-    // they spill (measured slower).
-    let mut partials = [_mm256_setzero_ps(); 8];
     let blocks = x.len().min(w.len() / F::BYTES);
     let full = blocks - blocks % 8;
-    let mut last = _mm256_setzero_ps();
-    for (b, (block, xb)) in w.chunks_exact(F::BYTES).zip(x).take(blocks).enumerate() {
-        let sum = if b < full {
-            &mut partials[b % 8]
-        } else {
-            &mut last
-        };
-        // SAFETY: a whole block; aligned fields in `xb`. Lanes no token uses have zero
-        // scales and sums, so whatever integers `products` leaves there add nothing.
-        unsafe {
-            let (d, min) = F::scale_and_min(block);
-            let totals = _mm256_cvtepi32_ps(xb.products::<F>(block));
-            let ds = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_load_ps(xb.scales.as_ptr()));
-            *sum = _mm256_fmadd_ps(ds, totals, *sum);
-            if F::HAS_MIN {
-                let sums = _mm256_load_ps(xb.sums.as_ptr());
-                *sum = _mm256_fmadd_ps(_mm256_set1_ps(min), sums, *sum);
-            }
+    let mut partials = [_mm256_setzero_ps(); 8];
+    // Eight blocks at a time, block `j` of each eight into partial `j`: constant indices,
+    // so that the loop carries nothing but two pointers.
+    for (eight, xs) in w[..full * F::BYTES]
+        .chunks_exact(8 * F::BYTES)
+        .zip(x[..full].chunks_exact(8))
+    {
+        for (j, (sum, xb)) in partials.iter_mut().zip(xs).enumerate() {
+            // SAFETY: a whole block (`eight` holds eight).
+            *sum = unsafe { group_block::<F, ROWS>(*sum, &eight[j * F::BYTES..], xb) };
         }
+    }
+    let mut last = _mm256_setzero_ps();
+    for (block, xb) in w[full * F::BYTES..]
+        .chunks_exact(F::BYTES)
+        .zip(&x[full..blocks])
+    {
+        // SAFETY: a whole block.
+        last = unsafe { group_block::<F, ROWS>(last, block, xb) };
     }
     let mut lanes = [0f32; 8];
     // SAFETY: AVX is enabled; eight f32 out.
@@ -483,6 +480,33 @@ pub(super) unsafe fn dot_group<F: Format, const ROWS: usize>(
     }
     for (r, o) in out.iter_mut().enumerate() {
         *o = lanes[GroupBlock::<ROWS>::lane(r)];
+    }
+}
+
+/// `sum` plus one block's scaled products with each token of a group (and, for Q4_1, its
+/// min term).
+#[inline(always)]
+unsafe fn group_block<F: Format, const ROWS: usize>(
+    sum: __m256,
+    block: &[u8],
+    xb: &GroupBlock<ROWS>,
+) -> __m256
+where
+    GroupBlock<ROWS>: GroupProducts,
+{
+    // SAFETY: a whole block; aligned fields in `xb`. Lanes no token uses have zero scales
+    // and sums, so whatever integers `products` leaves there add nothing.
+    unsafe {
+        let (d, min) = F::scale_and_min(block);
+        let totals = _mm256_cvtepi32_ps(xb.products::<F>(block));
+        let ds = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_load_ps(xb.scales.as_ptr()));
+        let sum = _mm256_fmadd_ps(ds, totals, sum);
+        if F::HAS_MIN {
+            let sums = _mm256_load_ps(xb.sums.as_ptr());
+            _mm256_fmadd_ps(_mm256_set1_ps(min), sums, sum)
+        } else {
+            sum
+        }
     }
 }
 
