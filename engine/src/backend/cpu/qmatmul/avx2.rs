@@ -113,25 +113,38 @@ impl Format for Q4_1 {
     unsafe fn group_products(block: &[u8], xb: &Group8Block) -> __m256i {
         // SAFETY: as above; `Group8Block`'s slices are 32-aligned.
         unsafe {
+            // The 16 packed bytes in both halves, as values 0..16 (low nibbles) and
+            // 16..32 (high): slice s is then dword s % 4 of one of them, moved into every
+            // lane by an in-lane shuffle.
             let mask = _mm256_set1_epi8(0x0F);
+            let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block[4..20].as_ptr().cast()));
+            let low = _mm256_and_si256(packed, mask);
+            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
+            let slices = [
+                _mm256_shuffle_epi32::<0x00>(low),
+                _mm256_shuffle_epi32::<0x55>(low),
+                _mm256_shuffle_epi32::<0xAA>(low),
+                _mm256_shuffle_epi32::<0xFF>(low),
+                _mm256_shuffle_epi32::<0x00>(high),
+                _mm256_shuffle_epi32::<0x55>(high),
+                _mm256_shuffle_epi32::<0xAA>(high),
+                _mm256_shuffle_epi32::<0xFF>(high),
+            ];
             // Weights 0..=15 times inputs within ±127: eight slices' pair sums stay
             // within ±30480, so they add up in 16 bits.
-            let mut pairs = [_mm256_setzero_si256(); 4];
-            for (s, pair) in pairs.iter_mut().enumerate() {
-                // Packed bytes 4s..4s + 4 hold slice s (low nibbles) and s + 4 (high).
-                let packed = broadcast4(block, 4 + 4 * s);
-                let low = _mm256_and_si256(packed, mask);
-                let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
-                let low_xs = _mm256_load_si256(xb.slices[s].as_ptr().cast());
-                let high_xs = _mm256_load_si256(xb.slices[s + 4].as_ptr().cast());
-                *pair = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(low, low_xs),
-                    _mm256_maddubs_epi16(high, high_xs),
-                );
+            let mut products = [_mm256_setzero_si256(); 8];
+            for ((product, weights), xs) in products.iter_mut().zip(slices).zip(&xb.slices) {
+                *product = _mm256_maddubs_epi16(weights, _mm256_load_si256(xs.as_ptr().cast()));
             }
             let pairs = _mm256_add_epi16(
-                _mm256_add_epi16(pairs[0], pairs[1]),
-                _mm256_add_epi16(pairs[2], pairs[3]),
+                _mm256_add_epi16(
+                    _mm256_add_epi16(products[0], products[1]),
+                    _mm256_add_epi16(products[2], products[3]),
+                ),
+                _mm256_add_epi16(
+                    _mm256_add_epi16(products[4], products[5]),
+                    _mm256_add_epi16(products[6], products[7]),
+                ),
             );
             _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
         }
