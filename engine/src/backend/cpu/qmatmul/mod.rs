@@ -11,6 +11,7 @@ use rayon::prelude::*;
 mod avx2;
 mod kernels;
 mod quantize;
+mod silu;
 #[cfg(test)]
 mod tests;
 
@@ -105,11 +106,13 @@ pub fn matmul_shared(
             }
             return;
         }
-        let mut column = vec![0f32; m];
+        let mut tile = Tile::new(m);
         for (j, w) in task.rows().enumerate() {
-            input.dot_row(&task.kernels, w, &mut column);
-            for (out, v) in task.outputs.iter_mut().zip(&column) {
-                out[j] = *v;
+            input.dot_row(&task.kernels, w, &mut tile.column);
+            if let Some((first, columns)) = tile.push(j, task.columns()) {
+                for (out, values) in task.outputs.iter_mut().zip(columns) {
+                    copy_run(&mut out[first..], values);
+                }
             }
         }
     });
@@ -141,22 +144,21 @@ pub fn matmul_swiglu(
     Task::split(gate, k, m, dst)
         .into_par_iter()
         .for_each(|mut task| {
-            let (mut gated, mut linear) = (vec![0f32; m], vec![0f32; m]);
+            let (mut gated, mut linear) = (Tile::new(m), Tile::new(m));
             let up_rows = up.bytes[task.first_row * up_row_bytes..].chunks_exact(up_row_bytes);
+            let columns = task.columns();
             for (j, (g, u)) in task.rows().zip(up_rows).enumerate() {
-                input.dot_row(&task.kernels, g, &mut gated);
-                input.dot_row(&up_kernels, u, &mut linear);
-                for ((out, g), u) in task.outputs.iter_mut().zip(&gated).zip(&linear) {
-                    out[j] = silu(*g) * u;
+                input.dot_row(&task.kernels, g, &mut gated.column);
+                input.dot_row(&up_kernels, u, &mut linear.column);
+                linear.push(j, columns);
+                if let Some((first, gates)) = gated.push(j, columns) {
+                    for ((out, g), u) in task.outputs.iter_mut().zip(gates).zip(linear.rows()) {
+                        silu::gated(g, u, &mut out[first..first + g.len()]);
+                    }
                 }
             }
         });
     Ok(())
-}
-
-/// As candle's `silu`, so that the fused product equals the unfused one bit for bit.
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 fn check_sizes(
@@ -219,13 +221,18 @@ impl Activations {
 
     /// One weight row dotted with every token: `out[t]` for token `t`.
     fn dot_row(&self, kernels: &Kernels, w: &[u8], out: &mut [f32]) {
-        let mut rest = &mut out[..];
-        for group in &self.eights {
-            let mut eight = [0f32; 8];
-            (kernels.dot8)(w, group, &mut eight);
-            let n = rest.len().min(8);
-            rest[..n].copy_from_slice(&eight[..n]);
-            rest = &mut rest[n..];
+        let in_eights = (8 * self.eights.len()).min(out.len());
+        let (eights, rest) = out.split_at_mut(in_eights);
+        for (group, out) in self.eights.iter().zip(eights.chunks_mut(8)) {
+            match <&mut [f32; 8]>::try_from(&mut *out) {
+                Ok(out) => (kernels.dot8)(w, group, out),
+                // The last group, padded.
+                Err(_) => {
+                    let mut eight = [0f32; 8];
+                    (kernels.dot8)(w, group, &mut eight);
+                    out.copy_from_slice(&eight[..out.len()]);
+                }
+            }
         }
         if let Some(group) = &self.four {
             let mut four = [0f32; 4];
@@ -236,6 +243,60 @@ impl Activations {
         if let Some(row) = &self.last {
             rest[0] = (kernels.dot)(w, row);
         }
+    }
+}
+
+/// Output columns per tile.
+const TILE: usize = 8;
+
+/// Up to `TILE` consecutive output columns of every token: the kernels give one weight row
+/// (one column) for all tokens at a time, the outputs want each token's columns side by
+/// side. Columns gather here and leave one contiguous run per token.
+struct Tile {
+    /// The current column, one value per token, for the kernels to fill.
+    column: Vec<f32>,
+    /// Per token, the tile's columns so far.
+    values: Vec<[f32; TILE]>,
+    filled: usize,
+}
+
+impl Tile {
+    fn new(tokens: usize) -> Self {
+        Self {
+            column: vec![0f32; tokens],
+            values: vec![[0f32; TILE]; tokens],
+            filled: 0,
+        }
+    }
+
+    /// Takes `column` as column `j` of `columns`; when the tile is full or `j` is the last,
+    /// returns its first column and each token's values.
+    fn push(&mut self, j: usize, columns: usize) -> Option<(usize, impl Iterator<Item = &[f32]>)> {
+        let slot = j % TILE;
+        for (values, v) in self.values.iter_mut().zip(&self.column) {
+            values[slot] = *v;
+        }
+        self.filled = slot + 1;
+        (self.filled == TILE || j + 1 == columns).then(|| (j - slot, self.rows()))
+    }
+
+    /// Each token's values in the tile.
+    fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        let filled = self.filled;
+        self.values.iter().map(move |v| &v[..filled])
+    }
+}
+
+/// `values` to the start of `out`: a whole tile in one fixed-size move (a slice copy of
+/// run-time length is a call to `memmove`).
+#[inline(always)]
+fn copy_run(out: &mut [f32], values: &[f32]) {
+    match (
+        <&mut [f32; TILE]>::try_from(&mut out[..values.len()]),
+        <&[f32; TILE]>::try_from(values),
+    ) {
+        (Ok(out), Ok(values)) => *out = *values,
+        _ => out[..values.len()].copy_from_slice(values),
     }
 }
 
@@ -281,7 +342,13 @@ impl<'a, 'd> Task<'a, 'd> {
 
     /// This task's weight rows.
     fn rows(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
-        let columns = self.outputs.first().map_or(0, |r| r.len());
-        self.weights.chunks_exact(self.row_bytes).take(columns)
+        self.weights
+            .chunks_exact(self.row_bytes)
+            .take(self.columns())
+    }
+
+    /// How many weight rows (output columns) this task has.
+    fn columns(&self) -> usize {
+        self.outputs.first().map_or(0, |r| r.len())
     }
 }
