@@ -220,6 +220,7 @@ impl Activations {
     }
 
     /// One weight row dotted with every token: `out[t]` for token `t`.
+    #[inline(always)]
     fn dot_row(&self, kernels: &Kernels, w: &[u8], out: &mut [f32]) {
         let in_eights = (8 * self.eights.len()).min(out.len());
         let (eights, rest) = out.split_at_mut(in_eights);
