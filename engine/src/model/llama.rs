@@ -41,6 +41,9 @@ pub struct LlamaModel {
     rope_sin: Vec<f32>,
 }
 
+/// Rows rotated per task: a batch of decode steps runs on the calling thread.
+const ROPE_ROWS_PER_TASK: usize = 32;
+
 /// One sequence's share of a forward pass: `tokens` continue its cache at `cache.len()`.
 /// The caller has given the cache enough blocks for them.
 pub struct Segment<'a> {
@@ -262,7 +265,9 @@ impl LlamaModel {
         let half = d / 2;
         let row = xs.len() / positions.len().max(1);
         let style = self.config.rope_style;
+        // A decode step's few rows are less work than waking another thread for them.
         xs.par_chunks_mut(row)
+            .with_min_len(ROPE_ROWS_PER_TASK)
             .zip(positions)
             .for_each(|(row, &position)| {
                 let at = position as usize * half;
