@@ -254,15 +254,11 @@ class AgentboxBench:
                 if r.status != 200:
                     raise RuntimeError(f"HTTP {r.status}: {(await r.text())[:500]}")
                 async for raw in r.content:
-                    line = raw.decode().strip()
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                    # Only the usage chunk is decoded: the client shares the server's cores.
+                    if raw.startswith(b"data: [DONE]"):
                         break
-                    chunk = json.loads(data)
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
+                    if raw.startswith(b"data:") and b'"usage":{' in raw:
+                        usage = json.loads(raw[5:])["usage"]
             if usage is None:
                 raise RuntimeError("server sent no usage chunk (stream_options.include_usage)")
             return usage["completion_tokens"]

@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use crate::backend::cpu::exp;
 use crate::model::kv_cache::{BLOCK_SIZE, BlockTable, KvPool};
 
 /// Rows of one sequence per task: a decode step is one row; a prefill chunk is split.
@@ -219,14 +220,12 @@ fn block_dots(q: &[f32], keys: &[f32]) -> [f32; BLOCK_SIZE] {
     std::array::from_fn(|s| (a[s] + b[s]) + (c[s] + e[s]))
 }
 
-/// In place, as candle's `softmax_last_dim`: the maximum, the exponentials of the
-/// differences, their sum in order, then each divided by it.
+/// In place: the maximum, the exponentials of the differences (eight at a time, as
+/// `exp::exp` one by one), their sum in order, then each divided by it.
 #[inline(always)]
 fn softmax(scores: &mut [f32]) {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-    }
+    exp::exp_shifted_in_place(scores, max);
     let sum: f32 = scores.iter().sum();
     for s in scores.iter_mut() {
         *s /= sum;

@@ -2,6 +2,7 @@
 //! our CPU kernels with runtime SIMD dispatch (AVX2+FMA, with a portable fallback).
 
 pub(crate) mod attention;
+mod exp;
 pub mod qmatmul;
 mod runner;
 
