@@ -111,43 +111,8 @@ impl Format for Q4_1 {
 
     #[inline(always)]
     unsafe fn group_products(block: &[u8], xb: &Group8Block) -> __m256i {
-        // SAFETY: as above; `Group8Block`'s slices are 32-aligned.
-        unsafe {
-            // The 16 packed bytes in both halves, as values 0..16 (low nibbles) and
-            // 16..32 (high): slice s is then dword s % 4 of one of them, moved into every
-            // lane by an in-lane shuffle.
-            let mask = _mm256_set1_epi8(0x0F);
-            let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block[4..20].as_ptr().cast()));
-            let low = _mm256_and_si256(packed, mask);
-            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
-            let slices = [
-                _mm256_shuffle_epi32::<0x00>(low),
-                _mm256_shuffle_epi32::<0x55>(low),
-                _mm256_shuffle_epi32::<0xAA>(low),
-                _mm256_shuffle_epi32::<0xFF>(low),
-                _mm256_shuffle_epi32::<0x00>(high),
-                _mm256_shuffle_epi32::<0x55>(high),
-                _mm256_shuffle_epi32::<0xAA>(high),
-                _mm256_shuffle_epi32::<0xFF>(high),
-            ];
-            // Weights 0..=15 times inputs within ±127: eight slices' pair sums stay
-            // within ±30480, so they add up in 16 bits.
-            let mut products = [_mm256_setzero_si256(); 8];
-            for ((product, weights), xs) in products.iter_mut().zip(slices).zip(&xb.slices) {
-                *product = _mm256_maddubs_epi16(weights, _mm256_load_si256(xs.as_ptr().cast()));
-            }
-            let pairs = _mm256_add_epi16(
-                _mm256_add_epi16(
-                    _mm256_add_epi16(products[0], products[1]),
-                    _mm256_add_epi16(products[2], products[3]),
-                ),
-                _mm256_add_epi16(
-                    _mm256_add_epi16(products[4], products[5]),
-                    _mm256_add_epi16(products[6], products[7]),
-                ),
-            );
-            _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
-        }
+        // SAFETY: as above.
+        unsafe { Self::unpacked_products(&Self::unpack(block), xb) }
     }
 
     #[inline(always)]
@@ -176,6 +141,71 @@ impl Format for Q4_1 {
                 _mm256_add_epi16(products[2], products[3]),
             );
             pair_lanes(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        }
+    }
+}
+
+/// A format whose blocks two groups of eight tokens can share: unpacked once, multiplied
+/// twice (`dot_group_pair`).
+pub(super) trait PairFormat: Format {
+    /// A block's weights, ready for any group's products.
+    type Unpacked;
+
+    unsafe fn unpack(block: &[u8]) -> Self::Unpacked;
+
+    /// `group_products` from an unpacked block.
+    unsafe fn unpacked_products(weights: &Self::Unpacked, xb: &Group8Block) -> __m256i;
+}
+
+impl PairFormat for Q4_1 {
+    /// Slice `s` of the block's values in every 32-bit lane.
+    type Unpacked = [__m256i; 8];
+
+    #[inline(always)]
+    unsafe fn unpack(block: &[u8]) -> Self::Unpacked {
+        // SAFETY: 16 bytes of nibbles at block[4..20].
+        unsafe {
+            // The 16 packed bytes in both halves, as values 0..16 (low nibbles) and
+            // 16..32 (high): slice s is then dword s % 4 of one of them, moved into every
+            // lane by an in-lane shuffle.
+            let mask = _mm256_set1_epi8(0x0F);
+            let packed = _mm256_broadcastsi128_si256(_mm_loadu_si128(block[4..20].as_ptr().cast()));
+            let low = _mm256_and_si256(packed, mask);
+            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask);
+            [
+                _mm256_shuffle_epi32::<0x00>(low),
+                _mm256_shuffle_epi32::<0x55>(low),
+                _mm256_shuffle_epi32::<0xAA>(low),
+                _mm256_shuffle_epi32::<0xFF>(low),
+                _mm256_shuffle_epi32::<0x00>(high),
+                _mm256_shuffle_epi32::<0x55>(high),
+                _mm256_shuffle_epi32::<0xAA>(high),
+                _mm256_shuffle_epi32::<0xFF>(high),
+            ]
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn unpacked_products(slices: &Self::Unpacked, xb: &Group8Block) -> __m256i {
+        // SAFETY: `Group8Block`'s slices are 32-aligned.
+        unsafe {
+            // Weights 0..=15 times inputs within ±127: eight slices' pair sums stay
+            // within ±30480, so they add up in 16 bits.
+            let mut products = [_mm256_setzero_si256(); 8];
+            for ((product, weights), xs) in products.iter_mut().zip(*slices).zip(&xb.slices) {
+                *product = _mm256_maddubs_epi16(weights, _mm256_load_si256(xs.as_ptr().cast()));
+            }
+            let pairs = _mm256_add_epi16(
+                _mm256_add_epi16(
+                    _mm256_add_epi16(products[0], products[1]),
+                    _mm256_add_epi16(products[2], products[3]),
+                ),
+                _mm256_add_epi16(
+                    _mm256_add_epi16(products[4], products[5]),
+                    _mm256_add_epi16(products[6], products[7]),
+                ),
+            );
+            _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
         }
     }
 }
@@ -507,11 +537,27 @@ unsafe fn group_block<F: Format, const ROWS: usize>(
 where
     GroupBlock<ROWS>: GroupProducts,
 {
-    // SAFETY: a whole block; aligned fields in `xb`. Lanes no token uses have zero scales
-    // and sums, so whatever integers `products` leaves there add nothing.
+    // SAFETY: a whole block; aligned fields in `xb`.
     unsafe {
         let (d, min) = F::scale_and_min(block);
-        let totals = _mm256_cvtepi32_ps(xb.products::<F>(block));
+        scaled::<F, ROWS>(sum, d, min, xb.products::<F>(block), xb)
+    }
+}
+
+/// `sum` plus a block's integer products with a group's tokens, scaled: `fma(d · x_scale,
+/// i, sum)`, then for Q4_1 `fma(min, x_sum, sum)`. Lanes no token uses have zero scales and
+/// sums, so whatever integers `products` holds there add nothing.
+#[inline(always)]
+unsafe fn scaled<F: Format, const ROWS: usize>(
+    sum: __m256,
+    d: f32,
+    min: f32,
+    products: __m256i,
+    xb: &GroupBlock<ROWS>,
+) -> __m256 {
+    // SAFETY: aligned fields in `xb`; AVX2 and FMA are enabled by the callers.
+    unsafe {
+        let totals = _mm256_cvtepi32_ps(products);
         let ds = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_load_ps(xb.scales.as_ptr()));
         let sum = _mm256_fmadd_ps(ds, totals, sum);
         if F::HAS_MIN {
@@ -520,6 +566,61 @@ where
         } else {
             sum
         }
+    }
+}
+
+/// One weight row times two groups of eight tokens, each block unpacked once for both: the
+/// same bits as `dot_group` on each group.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_group_pair<F: PairFormat>(
+    w: &[u8],
+    x: [&[Group8Block]; 2],
+    out: [&mut [f32; 8]; 2],
+) {
+    let blocks = x[0].len().min(x[1].len()).min(w.len() / F::BYTES);
+    let full = blocks - blocks % 8;
+    let mut partials = [[_mm256_setzero_ps(); 8]; 2];
+    let eights = x[0][..full]
+        .chunks_exact(8)
+        .zip(x[1][..full].chunks_exact(8));
+    for (eight, (first, second)) in w[..full * F::BYTES].chunks_exact(8 * F::BYTES).zip(eights) {
+        for j in 0..8 {
+            let block = &eight[j * F::BYTES..];
+            // SAFETY: a whole block (`eight` holds eight); aligned fields in the groups.
+            unsafe {
+                let (d, min) = F::scale_and_min(block);
+                let weights = F::unpack(block);
+                let products = F::unpacked_products(&weights, &first[j]);
+                partials[0][j] = scaled::<F, 8>(partials[0][j], d, min, products, &first[j]);
+                let products = F::unpacked_products(&weights, &second[j]);
+                partials[1][j] = scaled::<F, 8>(partials[1][j], d, min, products, &second[j]);
+            }
+        }
+    }
+    let mut last = [_mm256_setzero_ps(); 2];
+    let rest = x[0][full..blocks].iter().zip(&x[1][full..blocks]);
+    for (block, (first, second)) in w[full * F::BYTES..].chunks_exact(F::BYTES).zip(rest) {
+        // SAFETY: a whole block; aligned fields in the groups.
+        unsafe {
+            let (d, min) = F::scale_and_min(block);
+            let weights = F::unpack(block);
+            let products = F::unpacked_products(&weights, first);
+            last[0] = scaled::<F, 8>(last[0], d, min, products, first);
+            let products = F::unpacked_products(&weights, second);
+            last[1] = scaled::<F, 8>(last[1], d, min, products, second);
+        }
+    }
+    for ((partials, last), out) in partials.iter().zip(last).zip(out) {
+        // SAFETY: AVX is enabled; eight f32 out.
+        unsafe {
+            _mm256_storeu_ps(
+                out.as_mut_ptr(),
+                _mm256_add_ps(sum_partials(partials), last),
+            )
+        };
     }
 }
 

@@ -17,6 +17,8 @@ pub(super) type DotFn = fn(&[u8], &QuantizedRow) -> f32;
 pub(super) type Dot4Fn = fn(&[u8], &[Group4Block], &mut [f32; 4]);
 /// Dots one weight row with a group of eight activation rows.
 pub(super) type Dot8Fn = fn(&[u8], &[Group8Block], &mut [f32; 8]);
+/// Dots one weight row with two groups of eight activation rows.
+pub(super) type DotPairFn = fn(&[u8], [&[Group8Block]; 2], [&mut [f32; 8]; 2]);
 
 /// A format's kernels for each activation layout, picked once per product.
 ///
@@ -33,6 +35,9 @@ pub(super) struct Kernels {
     pub(super) dot: DotFn,
     pub(super) dot4: Dot4Fn,
     pub(super) dot8: Dot8Fn,
+    /// Two groups of eight that share each unpacked weight block, where a format has such a
+    /// kernel (AVX2 Q4_1); else the groups go through `dot8` one by one.
+    pub(super) dot8_pair: Option<DotPairFn>,
 }
 
 impl Kernels {
@@ -48,16 +53,21 @@ impl Kernels {
                     dot: |w, x| unsafe { avx2::dot::<avx2::Q4_1>(w, x) },
                     dot4: |w, x, out| unsafe { avx2::dot_group::<avx2::Q4_1, 4>(w, x, out) },
                     dot8: |w, x, out| unsafe { avx2::dot_group::<avx2::Q4_1, 8>(w, x, out) },
+                    dot8_pair: Some(|w, x, out| unsafe {
+                        avx2::dot_group_pair::<avx2::Q4_1>(w, x, out)
+                    }),
                 },
                 WeightFormat::Q5_0 => Self {
                     dot: |w, x| unsafe { avx2::dot::<avx2::Q5_0>(w, x) },
                     dot4: |w, x, out| unsafe { avx2::dot_group::<avx2::Q5_0, 4>(w, x, out) },
                     dot8: |w, x, out| unsafe { avx2::dot_group::<avx2::Q5_0, 8>(w, x, out) },
+                    dot8_pair: None,
                 },
                 WeightFormat::Q8_0 => Self {
                     dot: |w, x| unsafe { avx2::dot::<avx2::Q8_0>(w, x) },
                     dot4: |w, x, out| unsafe { avx2::dot_group::<avx2::Q8_0, 4>(w, x, out) },
                     dot8: |w, x, out| unsafe { avx2::dot_group::<avx2::Q8_0, 8>(w, x, out) },
+                    dot8_pair: None,
                 },
             };
         }
@@ -67,16 +77,19 @@ impl Kernels {
                 dot: dot_q4_1_portable,
                 dot4: |w, x, out| dot_group_portable(dot_q4_1_portable, w, x, out),
                 dot8: |w, x, out| dot_group_portable(dot_q4_1_portable, w, x, out),
+                dot8_pair: None,
             },
             WeightFormat::Q5_0 => Self {
                 dot: dot_q5_0_portable,
                 dot4: |w, x, out| dot_group_portable(dot_q5_0_portable, w, x, out),
                 dot8: |w, x, out| dot_group_portable(dot_q5_0_portable, w, x, out),
+                dot8_pair: None,
             },
             WeightFormat::Q8_0 => Self {
                 dot: dot_q8_0_portable,
                 dot4: |w, x, out| dot_group_portable(dot_q8_0_portable, w, x, out),
                 dot8: |w, x, out| dot_group_portable(dot_q8_0_portable, w, x, out),
+                dot8_pair: None,
             },
         }
     }

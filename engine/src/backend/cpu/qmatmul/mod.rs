@@ -224,7 +224,25 @@ impl Activations {
     fn dot_row(&self, kernels: &Kernels, w: &[u8], out: &mut [f32]) {
         let in_eights = (8 * self.eights.len()).min(out.len());
         let (eights, rest) = out.split_at_mut(in_eights);
-        for (group, out) in self.eights.iter().zip(eights.chunks_mut(8)) {
+        // Two whole groups at a time (each block unpacked once for both), then one at a
+        // time, the last perhaps padded.
+        let pairs = match kernels.dot8_pair {
+            Some(_) => (eights.len() / 8).min(self.eights.len()) / 2,
+            None => 0,
+        };
+        let (paired, singles) = self.eights.split_at(2 * pairs);
+        let (paired_out, singles_out) = eights.split_at_mut(16 * pairs);
+        for (pair, out) in paired.chunks_exact(2).zip(paired_out.chunks_exact_mut(16)) {
+            let (first, second) = out.split_at_mut(8);
+            if let (Some(dot8_pair), Ok(first), Ok(second)) = (
+                kernels.dot8_pair,
+                <&mut [f32; 8]>::try_from(first),
+                <&mut [f32; 8]>::try_from(second),
+            ) {
+                dot8_pair(w, [&pair[0], &pair[1]], [first, second]);
+            }
+        }
+        for (group, out) in singles.iter().zip(singles_out.chunks_mut(8)) {
             match <&mut [f32; 8]>::try_from(&mut *out) {
                 Ok(out) => (kernels.dot8)(w, group, out),
                 // The last group, padded.

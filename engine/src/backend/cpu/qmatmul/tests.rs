@@ -139,7 +139,7 @@ fn fused_products_equal_separate_ones() {
         bytes: &matrices[i].1,
         rows: matrices[i].2,
     };
-    for m in [1, 3, 8, 13] {
+    for m in [1, 3, 8, 13, 16, 21] {
         let lhs: Vec<f32> = (0..m * k)
             .map(|i| ((i * 11 % 23) as f32 - 11.0) / 7.0)
             .collect();
@@ -216,8 +216,9 @@ fn kernels_agree(k: usize) {
     let weights_f: Vec<f32> = (0..n * k)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
         .collect();
-    // Thirteen rows: a group of eight, then one of five padded to eight.
-    let m = 13;
+    // Twenty-nine rows: a pair of groups of eight, a third group, then one of five padded
+    // to eight.
+    let m = 29;
     let lhs: Vec<f32> = (0..m * k)
         .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
         .collect();
@@ -232,10 +233,11 @@ fn kernels_agree(k: usize) {
             WeightFormat::Q8_0 => dot_q8_0_portable,
         };
         let row_bytes = k / 32 * format.block_bytes();
-        // A row computed in a group of eight, padded or not, in a group of four (two to
-        // four rows, alone or after a group of eight) or as a lone last row gives exactly
-        // what it gives alone: batched output equals unbatched output.
-        for batch in [2, 3, 4, 9, 11, 12] {
+        // A row computed in a group of eight, padded or not, in a pair of groups, in a
+        // group of four (two to four rows, alone or after a group of eight) or as a lone
+        // last row gives exactly what it gives alone: batched output equals unbatched
+        // output.
+        for batch in [2, 3, 4, 9, 11, 12, 13, 16, 17, 21, 24] {
             let mut some = vec![0f32; batch * n];
             matmul(format, (batch, k, n), &lhs[..batch * k], weights, &mut some).unwrap();
             assert_eq!(some, dst[..batch * n], "{format:?}, {batch} of {m} rows");
