@@ -230,28 +230,7 @@ impl Format for Q5_0 {
     #[inline(always)]
     unsafe fn group_products(block: &[u8], xb: &Group8Block) -> __m256i {
         // SAFETY: a whole block; aligned fields in `xb`.
-        unsafe {
-            let mut values = Aligned32([0; BLOCK]);
-            _mm256_store_si256(values.0.as_mut_ptr().cast(), q5_0_unsigned_bytes(block));
-            let ones = _mm256_set1_epi16(1);
-            // Weights 0..=31 times inputs within ±127: four slices' pair sums stay within
-            // ±31496, so each half of the block adds up in 16 bits.
-            let mut halves = [_mm256_setzero_si256(); 2];
-            for (h, half) in halves.iter_mut().enumerate() {
-                let mut pairs = _mm256_setzero_si256();
-                for s in 4 * h..4 * h + 4 {
-                    let xs = _mm256_load_si256(xb.slices[s].as_ptr().cast());
-                    let weights = broadcast4(&values.0, 4 * s);
-                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(weights, xs));
-                }
-                *half = _mm256_madd_epi16(pairs, ones);
-            }
-            let offsets = _mm256_load_si256(xb.value_sums.as_ptr().cast());
-            _mm256_sub_epi32(
-                _mm256_add_epi32(halves[0], halves[1]),
-                _mm256_slli_epi32::<4>(offsets),
-            )
-        }
+        unsafe { Self::unpacked_products(&Self::unpack(block), xb) }
     }
 
     #[inline(always)]
@@ -271,6 +250,44 @@ impl Format for Q5_0 {
             let totals = pair_lanes(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
             let offsets = _mm256_load_si256(xb.value_sums.as_ptr().cast());
             _mm256_sub_epi32(totals, _mm256_slli_epi32::<4>(offsets))
+        }
+    }
+}
+
+impl PairFormat for Q5_0 {
+    /// The block's values plus 16, unsigned, in order.
+    type Unpacked = Aligned32;
+
+    #[inline(always)]
+    unsafe fn unpack(block: &[u8]) -> Self::Unpacked {
+        let mut values = Aligned32([0; BLOCK]);
+        // SAFETY: a whole block; 32 aligned bytes out.
+        unsafe { _mm256_store_si256(values.0.as_mut_ptr().cast(), q5_0_unsigned_bytes(block)) };
+        values
+    }
+
+    #[inline(always)]
+    unsafe fn unpacked_products(values: &Self::Unpacked, xb: &Group8Block) -> __m256i {
+        // SAFETY: 32 values; aligned fields in `xb`.
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            // Weights 0..=31 times inputs within ±127: four slices' pair sums stay within
+            // ±31496, so each half of the block adds up in 16 bits.
+            let mut halves = [_mm256_setzero_si256(); 2];
+            for (h, half) in halves.iter_mut().enumerate() {
+                let mut pairs = _mm256_setzero_si256();
+                for s in 4 * h..4 * h + 4 {
+                    let xs = _mm256_load_si256(xb.slices[s].as_ptr().cast());
+                    let weights = broadcast4(&values.0, 4 * s);
+                    pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(weights, xs));
+                }
+                *half = _mm256_madd_epi16(pairs, ones);
+            }
+            let offsets = _mm256_load_si256(xb.value_sums.as_ptr().cast());
+            _mm256_sub_epi32(
+                _mm256_add_epi32(halves[0], halves[1]),
+                _mm256_slli_epi32::<4>(offsets),
+            )
         }
     }
 }
@@ -305,7 +322,7 @@ impl Format for Q8_0 {
 }
 
 #[repr(C, align(32))]
-struct Aligned32([u8; BLOCK]);
+pub(super) struct Aligned32([u8; BLOCK]);
 
 /// A Q4_1 block's 32 values in order, as bytes 0..=15: byte j holds value j in its low
 /// nibble and value j + 16 in its high one.

@@ -36,7 +36,7 @@ pub(super) struct Kernels {
     pub(super) dot4: Dot4Fn,
     pub(super) dot8: Dot8Fn,
     /// Two groups of eight that share each unpacked weight block, where a format has such a
-    /// kernel (AVX2 Q4_1); else the groups go through `dot8` one by one.
+    /// kernel (AVX2 Q4_1 and Q5_0); else the groups go through `dot8` one by one.
     pub(super) dot8_pair: Option<DotPairFn>,
 }
 
@@ -61,7 +61,9 @@ impl Kernels {
                     dot: |w, x| unsafe { avx2::dot::<avx2::Q5_0>(w, x) },
                     dot4: |w, x, out| unsafe { avx2::dot_group::<avx2::Q5_0, 4>(w, x, out) },
                     dot8: |w, x, out| unsafe { avx2::dot_group::<avx2::Q5_0, 8>(w, x, out) },
-                    dot8_pair: None,
+                    dot8_pair: Some(|w, x, out| unsafe {
+                        avx2::dot_group_pair::<avx2::Q5_0>(w, x, out)
+                    }),
                 },
                 WeightFormat::Q8_0 => Self {
                     dot: |w, x| unsafe { avx2::dot::<avx2::Q8_0>(w, x) },
