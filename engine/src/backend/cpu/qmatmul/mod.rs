@@ -224,34 +224,29 @@ impl Activations {
     fn dot_row(&self, kernels: &Kernels, w: &[u8], out: &mut [f32]) {
         let in_eights = (8 * self.eights.len()).min(out.len());
         let (eights, rest) = out.split_at_mut(in_eights);
+        // Whole groups' outputs, then the padded last group's (shorter than eight).
+        let (whole, padded) = eights.as_chunks_mut::<8>();
         // Two whole groups at a time (each block unpacked once for both), then one at a
-        // time, the last perhaps padded.
-        let pairs = match kernels.dot8_pair {
-            Some(_) => (eights.len() / 8).min(self.eights.len()) / 2,
-            None => 0,
-        };
+        // time.
+        let pairs = kernels.dot8_pair.map_or(0, |_| whole.len() / 2);
         let (paired, singles) = self.eights.split_at(2 * pairs);
-        let (paired_out, singles_out) = eights.split_at_mut(16 * pairs);
-        for (pair, out) in paired.chunks_exact(2).zip(paired_out.chunks_exact_mut(16)) {
-            let (first, second) = out.split_at_mut(8);
-            if let (Some(dot8_pair), Ok(first), Ok(second)) = (
-                kernels.dot8_pair,
-                <&mut [f32; 8]>::try_from(first),
-                <&mut [f32; 8]>::try_from(second),
-            ) {
-                dot8_pair(w, [&pair[0], &pair[1]], [first, second]);
-            }
-        }
-        for (group, out) in singles.iter().zip(singles_out.chunks_mut(8)) {
-            match <&mut [f32; 8]>::try_from(&mut *out) {
-                Ok(out) => (kernels.dot8)(w, group, out),
-                // The last group, padded.
-                Err(_) => {
-                    let mut eight = [0f32; 8];
-                    (kernels.dot8)(w, group, &mut eight);
-                    out.copy_from_slice(&eight[..out.len()]);
+        let (paired_out, singles_out) = whole.split_at_mut(2 * pairs);
+        if let Some(dot8_pair) = kernels.dot8_pair {
+            for (groups, outs) in paired.chunks_exact(2).zip(paired_out.chunks_exact_mut(2)) {
+                if let ([first, second], [first_out, second_out]) = (groups, outs) {
+                    dot8_pair(w, [first, second], [first_out, second_out]);
                 }
             }
+        }
+        let mut singles = singles.iter();
+        // Outputs first: `zip` takes from its left side first, and the padded group must stay.
+        for (out, group) in singles_out.iter_mut().zip(singles.by_ref()) {
+            (kernels.dot8)(w, group, out);
+        }
+        if let Some(group) = singles.next().filter(|_| !padded.is_empty()) {
+            let mut eight = [0f32; 8];
+            (kernels.dot8)(w, group, &mut eight);
+            padded.copy_from_slice(&eight[..padded.len()]);
         }
         if let Some(group) = &self.four {
             let mut four = [0f32; 4];
