@@ -22,8 +22,8 @@ const P: [f32; 6] = [
 ];
 /// Inputs are clamped to where `2^n` is a normal float: results stay finite and normal
 /// (at most about 2.4e38, at least about 1.2e-38).
-pub(crate) const MIN_INPUT: f32 = -87.336_54;
-pub(crate) const MAX_INPUT: f32 = 88.376_26;
+const MIN_INPUT: f32 = -87.336_54;
+const MAX_INPUT: f32 = 88.376_26;
 
 /// The portable exponential: the same steps as `exp8`, lane by lane.
 pub(crate) fn exp(x: f32) -> f32 {

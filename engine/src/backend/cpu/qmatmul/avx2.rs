@@ -605,30 +605,17 @@ pub(super) unsafe fn dot_group_pair<F: PairFormat>(
         .zip(x[1][..full].chunks_exact(8));
     for (eight, (first, second)) in w[..full * F::BYTES].chunks_exact(8 * F::BYTES).zip(eights) {
         for j in 0..8 {
-            let block = &eight[j * F::BYTES..];
-            // SAFETY: a whole block (`eight` holds eight); aligned fields in the groups.
-            unsafe {
-                let (d, min) = F::scale_and_min(block);
-                let weights = F::unpack(block);
-                let products = F::unpacked_products(&weights, &first[j]);
-                partials[0][j] = scaled::<F, 8>(partials[0][j], d, min, products, &first[j]);
-                let products = F::unpacked_products(&weights, &second[j]);
-                partials[1][j] = scaled::<F, 8>(partials[1][j], d, min, products, &second[j]);
-            }
+            let sums = [partials[0][j], partials[1][j]];
+            // SAFETY: a whole block (`eight` holds eight).
+            [partials[0][j], partials[1][j]] =
+                unsafe { pair_block::<F>(sums, &eight[j * F::BYTES..], [&first[j], &second[j]]) };
         }
     }
     let mut last = [_mm256_setzero_ps(); 2];
     let rest = x[0][full..blocks].iter().zip(&x[1][full..blocks]);
     for (block, (first, second)) in w[full * F::BYTES..].chunks_exact(F::BYTES).zip(rest) {
-        // SAFETY: a whole block; aligned fields in the groups.
-        unsafe {
-            let (d, min) = F::scale_and_min(block);
-            let weights = F::unpack(block);
-            let products = F::unpacked_products(&weights, first);
-            last[0] = scaled::<F, 8>(last[0], d, min, products, first);
-            let products = F::unpacked_products(&weights, second);
-            last[1] = scaled::<F, 8>(last[1], d, min, products, second);
-        }
+        // SAFETY: a whole block.
+        last = unsafe { pair_block::<F>(last, block, [first, second]) };
     }
     for ((partials, last), out) in partials.iter().zip(last).zip(out) {
         // SAFETY: AVX is enabled; eight f32 out.
@@ -638,6 +625,37 @@ pub(super) unsafe fn dot_group_pair<F: PairFormat>(
                 _mm256_add_ps(sum_partials(partials), last),
             )
         };
+    }
+}
+
+/// `group_block` for two groups at once, the block unpacked once for both.
+#[inline(always)]
+unsafe fn pair_block<F: PairFormat>(
+    sums: [__m256; 2],
+    block: &[u8],
+    groups: [&Group8Block; 2],
+) -> [__m256; 2] {
+    // SAFETY: a whole block; aligned fields in the groups.
+    unsafe {
+        let (d, min) = F::scale_and_min(block);
+        let weights = F::unpack(block);
+        let [first, second] = groups;
+        [
+            scaled::<F, 8>(
+                sums[0],
+                d,
+                min,
+                F::unpacked_products(&weights, first),
+                first,
+            ),
+            scaled::<F, 8>(
+                sums[1],
+                d,
+                min,
+                F::unpacked_products(&weights, second),
+                second,
+            ),
+        ]
     }
 }
 

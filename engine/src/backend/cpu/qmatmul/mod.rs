@@ -107,10 +107,12 @@ pub fn matmul_shared(
             return;
         }
         let mut tile = Tile::new(m);
+        let columns = task.columns();
         for (j, w) in task.rows().enumerate() {
             input.dot_row(&task.kernels, w, &mut tile.column);
-            if let Some((first, columns)) = tile.push(j, task.columns()) {
-                for (out, values) in task.outputs.iter_mut().zip(columns) {
+            tile.push(j);
+            if let Some(first) = tile.complete(j, columns) {
+                for (out, values) in task.outputs.iter_mut().zip(tile.rows()) {
                     copy_run(&mut out[first..], values);
                 }
             }
@@ -150,9 +152,11 @@ pub fn matmul_swiglu(
             for (j, (g, u)) in task.rows().zip(up_rows).enumerate() {
                 input.dot_row(&task.kernels, g, &mut gated.column);
                 input.dot_row(&up_kernels, u, &mut linear.column);
-                linear.push(j, columns);
-                if let Some((first, gates)) = gated.push(j, columns) {
-                    for ((out, g), u) in task.outputs.iter_mut().zip(gates).zip(linear.rows()) {
+                gated.push(j);
+                linear.push(j);
+                if let Some(first) = gated.complete(j, columns) {
+                    let runs = gated.rows().zip(linear.rows());
+                    for (out, (g, u)) in task.outputs.iter_mut().zip(runs) {
                         silu::gated(g, u, &mut out[first..first + g.len()]);
                     }
                 }
@@ -283,15 +287,19 @@ impl Tile {
         }
     }
 
-    /// Takes `column` as column `j` of `columns`; when the tile is full or `j` is the last,
-    /// returns its first column and each token's values.
-    fn push(&mut self, j: usize, columns: usize) -> Option<(usize, impl Iterator<Item = &[f32]>)> {
+    /// Takes `column` as output column `j`.
+    fn push(&mut self, j: usize) {
         let slot = j % TILE;
         for (values, v) in self.values.iter_mut().zip(&self.column) {
             values[slot] = *v;
         }
         self.filled = slot + 1;
-        (self.filled == TILE || j + 1 == columns).then(|| (j - slot, self.rows()))
+    }
+
+    /// The tile's first column once column `j` (of `columns`) completes it: the tile is
+    /// full or `j` is the last.
+    fn complete(&self, j: usize, columns: usize) -> Option<usize> {
+        (self.filled == TILE || j + 1 == columns).then(|| j + 1 - self.filled)
     }
 
     /// Each token's values in the tile.

@@ -7,33 +7,27 @@ use std::arch::x86_64::*;
 
 use crate::backend::cpu::exp;
 
-/// `out[i] = silu(g[i]) * u[i]` over the shortest of the three.
+/// `out[i] = silu(g[i]) * u[i]` over the shortest of the three: eight at a time where the
+/// CPU has AVX2 and FMA, the rest one by one (the same bits either way).
 pub(super) fn gated(g: &[f32], u: &[f32], out: &mut [f32]) {
     let n = g.len().min(u.len()).min(out.len());
+    let (g, u, out) = (&g[..n], &u[..n], &mut out[..n]);
+    #[allow(unused_mut)] // only the x86_64 path advances it
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        for ((g, u), out) in g[..n].chunks(8).zip(u.chunks(8)).zip(out.chunks_mut(8)) {
-            let whole = (
-                <&[f32; 8]>::try_from(g),
-                <&[f32; 8]>::try_from(u),
-                <&mut [f32; 8]>::try_from(&mut *out),
-            );
-            if let (Ok(g), Ok(u), Ok(out)) = whole {
-                // SAFETY: the features were just detected.
-                *out = unsafe { gated8(g, u) };
-                continue;
-            }
-            // A last run of fewer than eight, padded.
-            let (mut gs, mut us) = ([0f32; 8], [0f32; 8]);
-            gs[..g.len()].copy_from_slice(g);
-            us[..u.len()].copy_from_slice(u);
-            // SAFETY: as above.
-            let products = unsafe { gated8(&gs, &us) };
-            out.copy_from_slice(&products[..out.len()]);
+        let (outs, _) = out.as_chunks_mut::<8>();
+        for ((out, g), u) in outs
+            .iter_mut()
+            .zip(g.as_chunks::<8>().0)
+            .zip(u.as_chunks::<8>().0)
+        {
+            // SAFETY: the features were just detected.
+            *out = unsafe { gated8(g, u) };
         }
-        return;
+        done = n - n % 8;
     }
-    for ((o, &g), &u) in out[..n].iter_mut().zip(g).zip(u) {
+    for ((o, &g), &u) in out[done..].iter_mut().zip(&g[done..]).zip(&u[done..]) {
         *o = silu(g) * u;
     }
 }
