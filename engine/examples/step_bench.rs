@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p engine --example step_bench` (from the repository root, with
 //! the default models installed). `STEP_BENCH_BATCHES=8` times batches of 8 alone (for a
-//! profile of one batch size).
+//! profile of one batch size); `STEP_BENCH_STEPS` sets the decode steps per round (48;
+//! more makes the prompts' prefill a smaller part of a profile).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark tool: fails loudly, prints its figures
 
@@ -37,9 +38,10 @@ fn bench() {
         .split(',')
         .map(|b| b.trim().parse().unwrap())
         .collect();
+    let steps: usize = std::env::var("STEP_BENCH_STEPS").map_or(STEPS, |s| s.parse().unwrap());
     for round in 0..3 {
         for &batch in &batches {
-            let per_sequence = blocks_for(PROMPT + STEPS);
+            let per_sequence = blocks_for(PROMPT + steps);
             let mut pool = model.new_kv_pool(per_sequence * batch);
             let mut tables: Vec<BlockTable> = (0..batch)
                 .map(|s| {
@@ -57,10 +59,10 @@ fn bench() {
             step(&model, &mut pool, &mut tables, &prompts);
             let next: Vec<Vec<u32>> = (0..batch as u32).map(|s| vec![500 + s]).collect();
             let start = Instant::now();
-            for _ in 0..STEPS {
+            for _ in 0..steps {
                 step(&model, &mut pool, &mut tables, &next);
             }
-            let per_step = start.elapsed().as_secs_f64() / STEPS as f64;
+            let per_step = start.elapsed().as_secs_f64() / steps as f64;
             println!(
                 "round {round} batch {batch}: {:.2} ms/step, {:.1} tok/s",
                 per_step * 1e3,
