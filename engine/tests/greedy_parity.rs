@@ -22,6 +22,11 @@ use engine::model::llama::{LlamaModel, Segment, argmax};
 // greedy tokens then differ, at top-2 gaps up to 0.267. Both engines quantize activations
 // to 8 bits per block, and a rounding that flips at the last bit amplifies through the
 // layers, so the thresholds below are set at that noise.
+//
+// agentbox stores its KV cache as f16 (llama.cpp's default) and computes attention in f32
+// on the widened values; the recording is llama.cpp with an f32 cache. Against it: 374 of
+// 384 steps agree, max deviation 0.949. Against a recording at f16 (whose attention also
+// rounds queries and probabilities to f16): 376 agree, max 1.079, past the bound.
 
 /// Logit gap below which two candidates count as tied: that noise's 90th percentile.
 const NEAR_TIE: f64 = 0.35;

@@ -69,10 +69,11 @@ async fn complete(server: &Server, prompt: &str, max_tokens: u32) -> (u16, Value
 async fn a_small_kv_budget_preempts_but_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agentbox.yaml");
-    // 28 MiB = 39 blocks of 16 tokens = 624 tokens; eight requests need ~1,200.
+    // 14 MiB = 39 blocks of 16 tokens (23,040 bytes per token in f16) = 624 tokens; eight
+    // requests need ~1,200.
     std::fs::write(
         &config,
-        "engine:\n  kv_cache_bytes: 28MiB\n  max_running: 8\n",
+        "engine:\n  kv_cache_bytes: 14MiB\n  max_running: 8\n",
     )
     .unwrap();
     let server = Server::start_in(dir.path(), &["--config", config.to_str().unwrap()]).await;
@@ -176,7 +177,7 @@ async fn sixty_four_streams_with_cancellations_on_a_tiny_budget() {
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agentbox.yaml");
-    std::fs::write(&config, "engine:\n  kv_cache_bytes: 28MiB\n").unwrap();
+    std::fs::write(&config, "engine:\n  kv_cache_bytes: 14MiB\n").unwrap();
     let server = Server::start_in(dir.path(), &["--config", config.to_str().unwrap()]).await;
 
     let prompts = [

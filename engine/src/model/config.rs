@@ -179,7 +179,7 @@ impl LlamaConfig {
 
     /// Bytes of KV cache one token takes at f32: the paged pool stores exactly this.
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.n_layers * self.n_kv_heads * self.head_dim * std::mem::size_of::<f32>()
+        2 * self.n_layers * self.n_kv_heads * self.head_dim * std::mem::size_of::<half::f16>()
     }
 }
 

@@ -2,7 +2,11 @@
 //! of `BLOCK_SIZE` tokens; a sequence's `BlockTable` lists its blocks in order. Per layer,
 //! values are laid out `[block][kv_head][slot][head_dim]` and keys transposed,
 //! `[block][kv_head][head_dim][slot]`, so that attention (`backend::cpu::attention`) dots a
-//! query with a block's keys slot-parallel, reading the blocks in place.
+//! query with a block's keys slot-parallel, reading the blocks in place. Keys and values
+//! are stored as f16 (rounded to nearest even), llama.cpp's default cache type: half the
+//! memory and half the bytes attention reads per step; attention widens them to f32.
+
+use half::f16;
 
 use crate::model::config::LlamaConfig;
 
@@ -14,8 +18,8 @@ pub struct KvPool {
     kv_heads: usize,
     head_dim: usize,
     /// Per layer, `n_blocks * kv_heads * BLOCK_SIZE * head_dim` values.
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    keys: Vec<Vec<f16>>,
+    values: Vec<Vec<f16>>,
 }
 
 /// One sequence's blocks and the number of tokens they hold.
@@ -74,10 +78,10 @@ impl KvPool {
             kv_heads: config.n_kv_heads,
             head_dim: config.head_dim,
             keys: (0..config.n_layers)
-                .map(|_| vec![0f32; per_layer])
+                .map(|_| vec![f16::ZERO; per_layer])
                 .collect(),
             values: (0..config.n_layers)
-                .map(|_| vec![0f32; per_layer])
+                .map(|_| vec![f16::ZERO; per_layer])
                 .collect(),
         }
     }
@@ -124,21 +128,24 @@ impl KvPool {
                 let at = self.offset(block, head);
                 let block_keys = &mut self.keys[layer][at..at + d * BLOCK_SIZE];
                 for (dim, &key) in k.iter().enumerate() {
-                    block_keys[dim * BLOCK_SIZE + slot] = key;
+                    block_keys[dim * BLOCK_SIZE + slot] = f16::from_f32(key);
                 }
-                self.values[layer][at + slot * d..at + (slot + 1) * d].copy_from_slice(v);
+                let block_values = &mut self.values[layer][at + slot * d..at + (slot + 1) * d];
+                for (stored, &value) in block_values.iter_mut().zip(v) {
+                    *stored = f16::from_f32(value);
+                }
             }
         }
     }
 
     /// A block's keys for one KV head, transposed: `[head_dim][BLOCK_SIZE]`.
-    pub(crate) fn block_keys(&self, layer: usize, block: u32, head: usize) -> &[f32] {
+    pub(crate) fn block_keys(&self, layer: usize, block: u32, head: usize) -> &[f16] {
         let at = self.offset(block, head);
         &self.keys[layer][at..at + self.head_dim * BLOCK_SIZE]
     }
 
     /// A block's values for one KV head: `[BLOCK_SIZE][head_dim]`.
-    pub(crate) fn block_values(&self, layer: usize, block: u32, head: usize) -> &[f32] {
+    pub(crate) fn block_values(&self, layer: usize, block: u32, head: usize) -> &[f16] {
         let at = self.offset(block, head);
         &self.values[layer][at..at + BLOCK_SIZE * self.head_dim]
     }

@@ -156,7 +156,7 @@ fn run_inline(job: &Job<'_>) -> Vec<f32> {
             }
         }
     }
-    let values: Vec<&[f32]> = blocks
+    let values: Vec<&[half::f16]> = blocks
         .iter()
         .map(|&block| pool.block_values(layer, block, task.kv_head))
         .collect();
@@ -254,6 +254,12 @@ mod tests {
             },
         ];
         let out = attend(&pool, 0, &q, &sequences);
+        // The cache holds f16: the reference reads what it holds.
+        let stored = |v: &[f32]| -> Vec<f32> {
+            v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+        };
+        let (keys_1, values_1) = (stored(&keys_1), stored(&values_1));
+        let (keys_2, values_2) = (stored(&keys_2), stored(&values_2));
         let group = heads / kv_heads;
         for (seq, keys, vals) in [
             (&sequences[0], &keys_1, &values_1),

@@ -4,6 +4,8 @@
 //! memory costs a load and a store per value and position); its portable twin gives the
 //! same bits.
 
+use half::f16;
+
 use crate::backend::cpu::exp;
 use crate::model::kv_cache::BLOCK_SIZE;
 
@@ -14,10 +16,20 @@ const DIMS_PER_PASS: usize = 64;
 
 /// `q` dotted with each of a block's keys, stored transposed (`[head_dim][BLOCK_SIZE]`):
 /// dimension `i` goes to partial sum `i % PARTIALS`, and the partials are added pairwise.
-/// (Compiled for AVX2 by the caller, its loops vectorize as they are; LLVM turned explicit
-/// in-register broadcasts back into loads.)
 #[inline(always)]
-pub(super) fn block_dots(q: &[f32], keys: &[f32]) -> [f32; BLOCK_SIZE] {
+pub(super) fn block_dots(q: &[f32], keys: &[f16]) -> [f32; BLOCK_SIZE] {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the features were just detected.
+        return unsafe { avx2::block_dots(q, keys) };
+    }
+    block_dots_portable(q, keys)
+}
+
+fn block_dots_portable(q: &[f32], keys: &[f16]) -> [f32; BLOCK_SIZE] {
     let mut partials = [[0f32; BLOCK_SIZE]; PARTIALS];
     let whole = q.len() / PARTIALS * PARTIALS;
     for (qs, rows) in q
@@ -30,7 +42,7 @@ pub(super) fn block_dots(q: &[f32], keys: &[f32]) -> [f32; BLOCK_SIZE] {
             .zip(rows.chunks_exact(BLOCK_SIZE))
         {
             for (acc, &k) in partial.iter_mut().zip(row) {
-                *acc = qi.mul_add(k, *acc);
+                *acc = qi.mul_add(k.to_f32(), *acc);
             }
         }
     }
@@ -40,7 +52,7 @@ pub(super) fn block_dots(q: &[f32], keys: &[f32]) -> [f32; BLOCK_SIZE] {
         .zip(keys[whole * BLOCK_SIZE..].chunks_exact(BLOCK_SIZE))
     {
         for (acc, &k) in partials[0].iter_mut().zip(row) {
-            *acc = qi.mul_add(k, *acc);
+            *acc = qi.mul_add(k.to_f32(), *acc);
         }
     }
     let [a, b, c, e] = partials;
@@ -103,11 +115,12 @@ fn head_sums<const N: usize>(
 /// position and dimension. `blocks` hold the values, `[BLOCK_SIZE][d]` each, position `j`
 /// at slot `j % BLOCK_SIZE` of block `j / BLOCK_SIZE`.
 #[inline(always)]
-pub(super) fn weighted_sum(probs: &[f32], blocks: &[&[f32]], out: &mut [f32]) {
+pub(super) fn weighted_sum(probs: &[f32], blocks: &[&[f16]], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if out.len().is_multiple_of(8)
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
     {
         // SAFETY: the features were just detected.
         unsafe { avx2::weighted_sum(probs, blocks, out) };
@@ -116,13 +129,13 @@ pub(super) fn weighted_sum(probs: &[f32], blocks: &[&[f32]], out: &mut [f32]) {
     weighted_sum_portable(probs, blocks, out);
 }
 
-fn weighted_sum_portable(probs: &[f32], blocks: &[&[f32]], out: &mut [f32]) {
+fn weighted_sum_portable(probs: &[f32], blocks: &[&[f16]], out: &mut [f32]) {
     let d = out.len();
     out.fill(0.0);
     for (values, probs) in blocks.iter().zip(probs.chunks(BLOCK_SIZE)) {
         for (&p, v) in probs.iter().zip(values.chunks_exact(d)) {
             for (o, &v) in out.iter_mut().zip(v) {
-                *o = p.mul_add(v, *o);
+                *o = p.mul_add(v.to_f32(), *o);
             }
         }
     }
@@ -132,15 +145,71 @@ fn weighted_sum_portable(probs: &[f32], blocks: &[&[f32]], out: &mut [f32]) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK_SIZE, DIMS_PER_PASS};
+    use half::f16;
+
+    use super::{BLOCK_SIZE, DIMS_PER_PASS, PARTIALS};
+
+    // A block's slots are two vectors of eight.
+    const _: () = assert!(BLOCK_SIZE == 16);
+
+    /// Eight f16 at `at`, widened (exactly) to f32.
+    #[inline(always)]
+    unsafe fn widen8(at: *const f16) -> __m256 {
+        // SAFETY: the caller vouches for 8 values at `at`; F16C is enabled by the callers.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(at.cast())) }
+    }
+
+    /// `block_dots` with the keys widened eight at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn block_dots(q: &[f32], keys: &[f16]) -> [f32; BLOCK_SIZE] {
+        assert!(keys.len() >= q.len() * BLOCK_SIZE);
+        // SAFETY: the features are enabled; every widening reads 8 values of a
+        // `BLOCK_SIZE`-value row of `keys`, which holds `q.len()` rows (checked above).
+        unsafe {
+            let mut partials = [[_mm256_setzero_ps(); 2]; PARTIALS];
+            let whole = q.len() / PARTIALS * PARTIALS;
+            for (qs, rows) in q[..whole]
+                .chunks_exact(PARTIALS)
+                .zip(keys.chunks_exact(PARTIALS * BLOCK_SIZE))
+            {
+                for (p, (partial, &qi)) in partials.iter_mut().zip(qs).enumerate() {
+                    let row = rows.as_ptr().add(p * BLOCK_SIZE);
+                    let qi = _mm256_set1_ps(qi);
+                    partial[0] = _mm256_fmadd_ps(qi, widen8(row), partial[0]);
+                    partial[1] = _mm256_fmadd_ps(qi, widen8(row.add(8)), partial[1]);
+                }
+            }
+            for (&qi, row) in q[whole..]
+                .iter()
+                .zip(keys[whole * BLOCK_SIZE..].chunks_exact(BLOCK_SIZE))
+            {
+                let qi = _mm256_set1_ps(qi);
+                partials[0][0] = _mm256_fmadd_ps(qi, widen8(row.as_ptr()), partials[0][0]);
+                partials[0][1] = _mm256_fmadd_ps(qi, widen8(row.as_ptr().add(8)), partials[0][1]);
+            }
+            let [a, b, c, e] = partials;
+            let mut dots = [0f32; BLOCK_SIZE];
+            for (half, out) in dots.chunks_exact_mut(8).enumerate() {
+                let sum = _mm256_add_ps(
+                    _mm256_add_ps(a[half], b[half]),
+                    _mm256_add_ps(c[half], e[half]),
+                );
+                _mm256_storeu_ps(out.as_mut_ptr(), sum);
+            }
+            dots
+        }
+    }
 
     /// `weighted_sum` for a head size that is a multiple of 8: up to 64 dimensions per
     /// pass over the values, their sums in registers.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_sum(probs: &[f32], blocks: &[&[f32]], out: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum(probs: &[f32], blocks: &[&[f16]], out: &mut [f32]) {
         let d = out.len();
         for (pass, out) in out.chunks_mut(DIMS_PER_PASS).enumerate() {
             let first = pass * DIMS_PER_PASS;
@@ -164,7 +233,7 @@ mod avx2 {
     #[inline(always)]
     unsafe fn dims<const V: usize>(
         probs: &[f32],
-        blocks: &[&[f32]],
+        blocks: &[&[f16]],
         d: usize,
         first: usize,
         out: &mut [f32],
@@ -179,7 +248,7 @@ mod avx2 {
                     let value = &values[at..at + 8 * V];
                     let p = _mm256_set1_ps(p);
                     for (v, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm256_fmadd_ps(p, _mm256_loadu_ps(value.as_ptr().add(8 * v)), *acc);
+                        *acc = _mm256_fmadd_ps(p, widen8(value.as_ptr().add(8 * v)), *acc);
                     }
                 }
             }
@@ -205,15 +274,30 @@ mod tests {
             .collect()
     }
 
+    fn halves(count: usize, seed: u32) -> Vec<f16> {
+        values(count, seed).into_iter().map(f16::from_f32).collect()
+    }
+
+    #[test]
+    fn block_dots_match_their_portable_twin_bit_for_bit() {
+        for d in [1, 3, 4, 20, 64, 66, 128] {
+            let q = values(d, 7);
+            let keys = halves(d * BLOCK_SIZE, 8);
+            let fast = block_dots(&q, &keys);
+            let portable = block_dots_portable(&q, &keys);
+            assert_eq!(fast.map(f32::to_bits), portable.map(f32::to_bits), "d {d}");
+        }
+    }
+
     #[test]
     fn weighted_sum_matches_its_portable_twin_bit_for_bit() {
         for d in [8, 24, 64, 72, 128] {
             for count in [1usize, 15, 16, 17, 50] {
                 let n_blocks = count.div_ceil(BLOCK_SIZE);
-                let storage: Vec<Vec<f32>> = (0..n_blocks)
-                    .map(|b| values(BLOCK_SIZE * d, b as u32))
+                let storage: Vec<Vec<f16>> = (0..n_blocks)
+                    .map(|b| halves(BLOCK_SIZE * d, b as u32))
                     .collect();
-                let blocks: Vec<&[f32]> = storage.iter().map(Vec::as_slice).collect();
+                let blocks: Vec<&[f16]> = storage.iter().map(Vec::as_slice).collect();
                 let probs = values(count, 99);
                 let mut fast = vec![f32::NAN; d];
                 let mut portable = vec![f32::NAN; d];
