@@ -50,6 +50,14 @@ pub trait ModelRunner: Send {
     /// Bytes of KV cache one token takes on this device.
     fn kv_bytes_per_token(&self) -> usize;
 
+    /// Whether every position's result is the same bits however the batch around it is
+    /// shaped. Then the prefix cache reuses any whole block of a prompt; otherwise only
+    /// whole chunks of `max_batched_tokens`, so that the rest of the prompt is computed in
+    /// the very shapes it would have had uncached. Either way cached output equals uncached.
+    fn rows_independent(&self) -> bool {
+        false
+    }
+
     /// Whether `forward` can answer `Want::Token`.
     fn samples_on_device(&self) -> bool {
         false

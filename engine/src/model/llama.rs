@@ -155,6 +155,26 @@ impl LlamaModel {
         })
     }
 
+    /// Whether every token's result is the same bits however the batch around it is
+    /// shaped: true when our kernels do every matrix product (norms, RoPE and attention
+    /// work row by row in one order everywhere). Candle's kernels make no such promise.
+    pub fn rows_independent(&self) -> bool {
+        self.lm_head.in_own_kernels()
+            && self.layers.iter().all(|l| {
+                [
+                    &l.q_proj,
+                    &l.k_proj,
+                    &l.v_proj,
+                    &l.o_proj,
+                    &l.gate_proj,
+                    &l.up_proj,
+                    &l.down_proj,
+                ]
+                .iter()
+                .all(|linear| linear.in_own_kernels())
+            })
+    }
+
     pub fn config(&self) -> &LlamaConfig {
         &self.config
     }

@@ -42,6 +42,12 @@ impl Linear {
         })
     }
 
+    /// Whether our own kernels multiply by this weight: each token's result is then the
+    /// same bits whatever else shares its batch.
+    pub(crate) fn in_own_kernels(&self) -> bool {
+        self.kernel_weights().is_some()
+    }
+
     /// The weight matrix, where it is in a format our CPU kernels read in place.
     fn kernel_weights(&self) -> Option<Weights<'_>> {
         let QMatMul::QTensor(tensor) = &self.weight else {

@@ -57,7 +57,7 @@ pub struct GenerationRequest {
     /// Keep going past end-of-turn tokens (benchmarks).
     pub ignore_eos: bool,
     /// Choices of one request (`n > 1`) share a group: the first computes the prompt and
-    /// the others start once its whole chunks are in the prefix cache.
+    /// the others start once its whole units (blocks or chunks) are in the prefix cache.
     pub group: Option<u64>,
 }
 
@@ -177,7 +177,15 @@ impl Scheduler {
             tokens: n_blocks * BLOCK_SIZE,
             bytes_per_token: runner.kv_bytes_per_token(),
         };
+        // The prefix cache's unit: any whole block where rows are independent, else whole
+        // chunks (see `ModelRunner::rows_independent`).
+        let prefix_unit = if runner.rows_independent() {
+            BLOCK_SIZE
+        } else {
+            options.max_batched_tokens
+        };
         let worker = Worker {
+            prefix_unit,
             runner,
             tokenizer,
             options: options.clone(),
@@ -271,6 +279,8 @@ impl Scheduler {
 }
 
 struct Worker {
+    /// Tokens per unit of prompt the prefix cache shares: a block, or a whole chunk.
+    prefix_unit: usize,
     runner: Box<dyn ModelRunner>,
     tokenizer: Arc<TextTokenizer>,
     options: SchedulerOptions,
@@ -453,30 +463,29 @@ impl Worker {
         }
     }
 
-    /// Starts a sequence with an empty cache on the longest run of whole prompt chunks that
-    /// is cached already. Only whole chunks are reused, and at least one prompt token is
-    /// always computed (its logits pick the first new token): the rest of the prompt is then
-    /// computed in exactly the shapes it would have had uncached, so the output is the same.
+    /// Starts a sequence with an empty cache on the longest run of whole prompt units
+    /// (`prefix_unit`: blocks, or chunks where rows are not independent) that is cached
+    /// already. At least one prompt token is always computed (its logits pick the first new
+    /// token), and the output is the same as uncached.
     fn reuse_cached_prefix(&mut self, sequence: &mut Sequence) {
         if sequence.cached() > 0 {
             return;
         }
-        let chunk = self.options.max_batched_tokens;
         let prompt_len = sequence.prompt_len();
         let hashes = sequence.prompt_block_hashes();
-        let blocks_per_chunk = chunk / BLOCK_SIZE;
+        let blocks_per_unit = self.prefix_unit / BLOCK_SIZE;
         let mut reused: Vec<u32> = Vec::new();
-        'chunks: for chunk_hashes in hashes.chunks_exact(blocks_per_chunk) {
-            if (reused.len() + blocks_per_chunk) * BLOCK_SIZE >= prompt_len {
+        'units: for unit_hashes in hashes.chunks_exact(blocks_per_unit) {
+            if (reused.len() + blocks_per_unit) * BLOCK_SIZE >= prompt_len {
                 break;
             }
-            let mut taken = Vec::with_capacity(blocks_per_chunk);
-            for &hash in chunk_hashes {
+            let mut taken = Vec::with_capacity(blocks_per_unit);
+            for &hash in unit_hashes {
                 match self.blocks.reuse(hash) {
                     Some(block) => taken.push(block),
                     None => {
                         self.blocks.release(taken);
-                        break 'chunks;
+                        break 'units;
                     }
                 }
             }
@@ -495,11 +504,11 @@ impl Worker {
         }
     }
 
-    /// Makes the prompt chunks a sequence has finished computing reusable by others.
+    /// Makes the prompt units a sequence has finished computing reusable by others.
     fn register_computed_prefix(&mut self, i: usize) {
-        let chunk = self.options.max_batched_tokens;
+        let unit = self.prefix_unit;
         let seq = &mut self.running[i];
-        for (block, hash) in seq.newly_complete_prompt_blocks(chunk) {
+        for (block, hash) in seq.newly_complete_prompt_blocks(unit) {
             self.blocks.register(block, hash);
         }
     }

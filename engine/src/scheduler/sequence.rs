@@ -140,12 +140,12 @@ impl Sequence {
         self.cache = BlockTable::with_cached_prefix(blocks, tokens);
     }
 
-    /// Blocks of whole prompt chunks computed since the last call, with their hashes. Only
-    /// chunks that lie wholly inside the prompt qualify: they were computed as full
-    /// chunks, in the same shapes any other prompt sharing them would use.
-    pub(super) fn newly_complete_prompt_blocks(&mut self, chunk: usize) -> Vec<(u32, BlockHash)> {
-        let whole_chunks = self.cached().min(self.prompt_len()) / chunk;
-        let complete_blocks = whole_chunks * chunk / BLOCK_SIZE;
+    /// Blocks of whole prompt units (`unit` tokens: a block, or a chunk where the runner's
+    /// rows are not independent) computed since the last call, with their hashes. Only
+    /// units wholly inside the prompt qualify.
+    pub(super) fn newly_complete_prompt_blocks(&mut self, unit: usize) -> Vec<(u32, BlockHash)> {
+        let whole_units = self.cached().min(self.prompt_len()) / unit;
+        let complete_blocks = whole_units * unit / BLOCK_SIZE;
         if complete_blocks <= self.registered_blocks {
             return Vec::new();
         }

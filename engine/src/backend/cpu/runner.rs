@@ -1,4 +1,4 @@
-//! `CpuRunner`: the Llama forward pass on the CPU with its f32 paged KV pool, sized in
+//! `CpuRunner`: the Llama forward pass on the CPU with its f16 paged KV pool, sized in
 //! bytes.
 
 use crate::backend::{ModelRunner, Output, Want};
@@ -41,6 +41,10 @@ impl ModelRunner for CpuRunner {
 
     fn kv_bytes_per_token(&self) -> usize {
         self.model.config().kv_bytes_per_token()
+    }
+
+    fn rows_independent(&self) -> bool {
+        self.model.rows_independent()
     }
 
     fn forward(&mut self, segments: &mut [Segment<'_>], wants: &[Want]) -> Result<Vec<Output>> {
