@@ -17,7 +17,10 @@ Same model file (SmolLM2-135M-Instruct Q4_1) and same prompts on both sides, gre
 - aggregate: agentbox with 1, 4 and 8 concurrent streams of 128 tokens each, total generated tokens
   / wall clock from the first request to the last stream's end (prefill of the short prompts
   included). llama.cpp in-process serves one stream at a time, so its comparison figure is one
-  stream end to end (short-prompt prefill + 128 tokens), which is also its aggregate.
+  stream end to end (short-prompt prefill + 128 tokens), which is also its aggregate. Also the
+  decode-only aggregate (each stream's tokens after its first over its first-to-last-token
+  time, summed; concurrency / TPOT in vLLM's terms). The streams' prompts share their first
+  words (the prefix cache may hold them) unless --unique-prompts.
 Each measurement runs once as warm-up, then --runs times (at least 5); medians are reported.
 """
 
@@ -47,6 +50,9 @@ FILLER = (
     "towers have become museums where visitors climb narrow stairs to see the sea. "
 )
 DECODE_PROMPT = "Once upon a time, in a small village by the sea, there lived"
+# Differs between invocations, so that a second run against the same server finds nothing
+# of the first one's prompts in its prefix cache.
+NONCE = time.time_ns() % 100003
 
 
 def loadavg() -> str:
@@ -93,7 +99,7 @@ class Prompts:
         self.n_prompt = n_prompt
 
     def prefill_text(self, run: int) -> tuple[str, list[int] | None]:
-        head = f"Report number {run * 7919 % 100003} of the archive, section {run}.\n"
+        head = f"Report number {(run * 7919 + NONCE) % 100003} of the archive, section {run}.\n"
         text = head + FILLER * (2 + self.n_prompt // 120)
         if self.llm is None:
             # Roughly 4.3 characters per token for this English text; the server reports the count.
@@ -230,19 +236,26 @@ class AgentboxBench:
             "completion_tokens": usage["completion_tokens"],
         }
 
-    def concurrent(self, n: int, n_gen: int, run: int) -> tuple[float, int]:
+    def concurrent(self, n: int, n_gen: int, run: int, unique: bool) -> tuple[float, int, float]:
         """n streams at once from one asyncio loop (as vLLM's benchmark_serving drives its
         load): the client shares the server's two cores, and one event loop parsing the
-        streams costs far less CPU than a thread per stream."""
-        return asyncio.run(self._concurrent(n, n_gen, run))
+        streams costs far less CPU than a thread per stream. Returns the wall clock, the
+        tokens generated, and the decode-only aggregate rate: each stream's tokens after its
+        first over its first-to-last-token time (1 / TPOT), summed over the streams.
+        The prompts share their first words (a prefix the prefix cache may hold) unless
+        `unique`, where each starts with its own tag."""
+        return asyncio.run(self._concurrent(n, n_gen, run, unique))
 
-    async def _concurrent(self, n: int, n_gen: int, run: int) -> tuple[float, int]:
+    async def _concurrent(
+        self, n: int, n_gen: int, run: int, unique: bool
+    ) -> tuple[float, int, float]:
         import aiohttp
 
-        async def one(session, i: int) -> int:
+        async def one(session, i: int) -> tuple[int, float]:
+            tag = f"(story {NONCE}-{run}-{i})"
             body = {
                 "model": self.model,
-                "prompt": f"{DECODE_PROMPT} (story {run}-{i})",
+                "prompt": f"{tag} {DECODE_PROMPT}" if unique else f"{DECODE_PROMPT} {tag}",
                 "max_tokens": n_gen,
                 "temperature": 0,
                 "stream": True,
@@ -250,6 +263,7 @@ class AgentboxBench:
                 "ignore_eos": True,
             }
             usage = None
+            t_first = t_last = None
             async with session.post(f"{self.base_url}/v1/completions", json=body) as r:
                 if r.status != 200:
                     raise RuntimeError(f"HTTP {r.status}: {(await r.text())[:500]}")
@@ -257,11 +271,19 @@ class AgentboxBench:
                     # Only the usage chunk is decoded: the client shares the server's cores.
                     if raw.startswith(b"data: [DONE]"):
                         break
-                    if raw.startswith(b"data:") and b'"usage":{' in raw:
+                    if not raw.startswith(b"data:"):
+                        continue
+                    if b'"usage":{' in raw:
                         usage = json.loads(raw[5:])["usage"]
+                    else:
+                        t_last = time.perf_counter()
+                        t_first = t_first or t_last
             if usage is None:
                 raise RuntimeError("server sent no usage chunk (stream_options.include_usage)")
-            return usage["completion_tokens"]
+            n = usage["completion_tokens"]
+            if t_first is None or t_last is None or t_last <= t_first or n < 2:
+                raise RuntimeError("a stream sent too few tokens to time its decoding")
+            return n, (n - 1) / (t_last - t_first)
 
         timeout = aiohttp.ClientTimeout(total=600)
         connector = aiohttp.TCPConnector(limit=0)
@@ -272,7 +294,7 @@ class AgentboxBench:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise RuntimeError(f"{len(errors)} of {n} streams failed: {errors[0]!r}")
-        return wall, sum(results)  # type: ignore[arg-type]
+        return wall, sum(t for t, _ in results), sum(rate for _, rate in results)  # type: ignore[misc]
 
 
 # --------------------------------------------------------------------------- main
@@ -291,6 +313,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--skip-llama-cpp", action="store_true")
     ap.add_argument("--skip-agentbox", action="store_true")
+    ap.add_argument(
+        "--unique-prompts",
+        action="store_true",
+        help="concurrent streams' prompts differ from their first words (no shared prefix)",
+    )
     args = ap.parse_args()
     if args.runs < 5:
         ap.error("--runs must be at least 5")
@@ -358,11 +385,12 @@ def main() -> None:
         for c in conc:
             print(f"agentbox: {c} concurrent streams ...", file=sys.stderr)
             for run in range(args.runs + 1):
-                wall, total = ab.concurrent(c, args.gen_tokens, run)
+                wall, total, decode = ab.concurrent(c, args.gen_tokens, run, args.unique_prompts)
                 if total != c * args.gen_tokens:
                     print(f"WARNING: {c} streams produced {total} tokens", file=sys.stderr)
                 if run:
                     add(f"ab_conc_{c}", total / wall)
+                    add(f"ab_conc_decode_{c}", decode)
 
     load_after = loadavg()
 
@@ -400,6 +428,23 @@ def main() -> None:
             f"(wall clock incl. prefill; llama.cpp: 1 stream at a time) "
             f"| {fmt(m.get('lc_e2e'))} | {fmt(m.get(k))} | {ratio(m.get(k), m.get('lc_e2e'))} |"
         )
+    for c in conc:
+        k = f"ab_conc_decode_{c}"
+        out.append(
+            f"| Decode-only aggregate tok/s, {c} stream{'s' if c > 1 else ''} (Σ per-stream tokens "
+            f"after the first / first→last token time) | — | {fmt(m.get(k))} | — |"
+        )
+    if 1 in conc:
+        for c in (c for c in conc if c > 1):
+            wall_ratio = ratio(m.get(f"ab_conc_{c}"), m.get("ab_conc_1"))
+            decode_ratio = ratio(m.get(f"ab_conc_decode_{c}"), m.get("ab_conc_decode_1"))
+            out.append(
+                f"| {c} streams / 1 stream: wall clock {wall_ratio}, decode-only {decode_ratio} "
+                f"| | | |"
+            )
+    prompts_kind = "each with its own first words" if args.unique_prompts else "sharing their first words"
+    out.append("")
+    out.append(f"Concurrent streams' prompts: {prompts_kind}.")
     out.append("")
     out.append(
         "Prefill on agentbox is timed to the first streamed token over HTTP (tokenization and the "
