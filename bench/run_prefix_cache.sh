@@ -9,4 +9,4 @@ data="$(mktemp -d)"
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 1 120); do curl -sf http://127.0.0.1:8183/health/ready >/dev/null && break; sleep 0.5; done
-.venv/bin/python bench/prefix_cache.py --base-url http://127.0.0.1:8183
+.venv-bench/bin/python bench/prefix_cache.py --base-url http://127.0.0.1:8183
