@@ -106,8 +106,9 @@ pub struct RawEngineConfig {
     pub max_batched_tokens: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
     /// Memory for each chat model's paged KV cache on the CPU, in bytes (e.g. 1073741824)
-    /// or with a unit: "512MiB", "2GiB".
-    pub kv_cache_bytes: Option<ByteSize>,
+    /// or with a unit: "512MiB", "2GiB"; or a share of the memory available at start
+    /// ("40%"), split evenly between the chat models.
+    pub kv_cache_bytes: Option<KvBudget>,
     /// Where chat models run: `auto` (a CUDA GPU when one is usable, else the CPU), `cpu`,
     /// `cuda` or `cuda:N`.
     pub device: Option<String>,
@@ -115,6 +116,48 @@ pub struct RawEngineConfig {
     /// together (vLLM's `gpu_memory_utilization`, default 0.9); several chat models split
     /// it evenly.
     pub gpu_memory_utilization: Option<f32>,
+}
+
+/// The CPU KV cache budget as written: a size, or a share of the available memory.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "serde_yaml::Value")]
+pub enum KvBudget {
+    Bytes(usize),
+    /// A share in (0, 1] of the memory available when the server starts.
+    AvailableShare(f64),
+}
+
+impl TryFrom<serde_yaml::Value> for KvBudget {
+    type Error = String;
+
+    fn try_from(value: serde_yaml::Value) -> Result<Self, Self::Error> {
+        if let serde_yaml::Value::String(text) = &value
+            && let Some(percent) = text.trim().strip_suffix('%')
+        {
+            return match percent.trim().parse::<f64>() {
+                Ok(p) if p > 0.0 && p <= 100.0 => Ok(KvBudget::AvailableShare(p / 100.0)),
+                _ => Err(format!(
+                    "kv_cache_bytes: {text:?} is not a share of available memory in (0%, 100%]"
+                )),
+            };
+        }
+        ByteSize::try_from(value)
+            .map(|ByteSize(bytes)| KvBudget::Bytes(bytes))
+            .map_err(|e| format!("kv_cache_bytes: {e}"))
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo`: what the kernel can hand out without swapping.
+fn available_memory() -> anyhow::Result<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .context("reading /proc/meminfo (a share of available memory needs Linux)")?;
+    let kib = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|number| number.trim().parse::<usize>().ok())
+        .context("/proc/meminfo has no MemAvailable line")?;
+    Ok(kib.saturating_mul(1024))
 }
 
 /// A size in bytes, written as a number or as a string with a KiB/MiB/GiB unit.
@@ -324,6 +367,15 @@ impl Config {
             n => n,
         };
         let engine_raw = raw.engine.unwrap_or_default();
+        // Chat models split a share of the available memory between them.
+        let chat_models = raw
+            .models
+            .clone()
+            .unwrap_or_else(default_models)
+            .iter()
+            .filter(|m| m.task == ModelTask::Generate)
+            .count()
+            .max(1);
         let engine = EngineConfig {
             max_running: positive("engine.max_running", engine_raw.max_running, 32)?,
             max_waiting: positive("engine.max_waiting", engine_raw.max_waiting, 256)?,
@@ -334,8 +386,12 @@ impl Config {
             )?,
             shutdown_grace_secs: engine_raw.shutdown_grace_secs.unwrap_or(10),
             kv_cache_bytes: match engine_raw.kv_cache_bytes {
-                Some(ByteSize(0)) => bail!("engine.kv_cache_bytes: must be more than 0"),
-                Some(ByteSize(bytes)) => bytes,
+                Some(KvBudget::Bytes(0)) => bail!("engine.kv_cache_bytes: must be more than 0"),
+                Some(KvBudget::Bytes(bytes)) => bytes,
+                Some(KvBudget::AvailableShare(share)) => {
+                    let available = available_memory().context("engine.kv_cache_bytes")?;
+                    (available as f64 * share / chat_models as f64) as usize
+                }
                 None => DEFAULT_KV_CACHE_BYTES,
             },
             device: match overrides.device.or(engine_raw.device) {
@@ -546,5 +602,32 @@ mod tests {
         assert!(err.contains("engine.device"), "{err}");
         let err = resolve("engine:\n  gpu_memory_utilization: 1.5\n", None).unwrap_err();
         assert!(err.contains("gpu_memory_utilization"), "{err}");
+    }
+
+    #[test]
+    fn a_kv_budget_is_a_size_or_a_share_of_available_memory() {
+        let resolve = |yaml: &str| {
+            let raw: RawConfig = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+            Config::resolve(
+                RawConfig {
+                    models: Some(vec![]),
+                    ..raw
+                },
+                Overrides::default(),
+            )
+            .map_err(|e| format!("{e:#}"))
+        };
+        let bytes = |yaml: &str| resolve(yaml).map(|c| c.engine.kv_cache_bytes);
+        assert_eq!(bytes("engine:\n  kv_cache_bytes: 512MiB\n"), Ok(512 << 20));
+        let available = available_memory().unwrap_or(0) as f64;
+        let share = bytes("engine:\n  kv_cache_bytes: 10%\n").unwrap_or(0) as f64;
+        assert!(
+            share > 0.08 * available && share < 0.12 * available,
+            "{share} of {available}"
+        );
+        for bad in ["0%", "150%", "lots%", "0"] {
+            let err = bytes(&format!("engine:\n  kv_cache_bytes: {bad:?}\n")).unwrap_err();
+            assert!(err.contains("kv_cache_bytes"), "{bad}: {err}");
+        }
     }
 }

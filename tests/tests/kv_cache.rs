@@ -115,6 +115,46 @@ async fn a_small_kv_budget_preempts_but_loses_nothing() {
     );
 }
 
+/// `MemAvailable` in bytes, as the server reads it.
+fn available_memory() -> f64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .unwrap();
+    let kib: f64 = line.trim().trim_end_matches("kB").trim().parse().unwrap();
+    kib * 1024.0
+}
+
+#[tokio::test]
+async fn a_kv_budget_can_be_a_share_of_the_available_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agentbox.yaml");
+    std::fs::write(&config, "engine:\n  kv_cache_bytes: 2%\n").unwrap();
+    let available = available_memory();
+    let server = Server::start_in(dir.path(), &["--config", config.to_str().unwrap()]).await;
+    // "KV cache: {tokens} tokens in {blocks} blocks ({bytes} bytes per token, {MiB} MiB)"
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("KV cache:"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let number_before = |marker: &str| -> f64 {
+        let head = &line[..line.find(marker).unwrap()];
+        head.rsplit(|c: char| !c.is_ascii_digit())
+            .find(|w| !w.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let bytes = number_before(" tokens in") * number_before(" bytes per token");
+    // One chat model: the whole 2% (the machine's free memory moves a little meanwhile).
+    assert!(
+        bytes > 0.015 * available && bytes < 0.025 * available,
+        "{bytes} bytes of KV cache, {available} available: {line}"
+    );
+}
+
 async fn chat_with_system(server: &Server, system: &str, question: &str) -> String {
     let body: Value = reqwest::Client::new()
         .post(server.url("/v1/chat/completions"))
