@@ -7,6 +7,7 @@
 //! memory and half the bytes attention reads per step; attention widens them to f32.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use crate::model::config::LlamaConfig;
 
@@ -112,6 +113,8 @@ impl KvPool {
     ) {
         let d = self.head_dim;
         let token_width = self.kv_heads * d;
+        // A token's keys rounded at once (vectorized), then spread over their slots.
+        let mut rounded_keys = vec![f16::ZERO; token_width];
         for (i, (token_keys, token_values)) in keys
             .chunks_exact(token_width)
             .zip(values.chunks_exact(token_width))
@@ -120,7 +123,8 @@ impl KvPool {
             let position = start + i;
             let block = table.blocks[position / BLOCK_SIZE];
             let slot = position % BLOCK_SIZE;
-            for (head, (k, v)) in token_keys
+            rounded_keys.convert_from_f32_slice(token_keys);
+            for (head, (k, v)) in rounded_keys
                 .chunks_exact(d)
                 .zip(token_values.chunks_exact(d))
                 .enumerate()
@@ -128,12 +132,9 @@ impl KvPool {
                 let at = self.offset(block, head);
                 let block_keys = &mut self.keys[layer][at..at + d * BLOCK_SIZE];
                 for (dim, &key) in k.iter().enumerate() {
-                    block_keys[dim * BLOCK_SIZE + slot] = f16::from_f32(key);
+                    block_keys[dim * BLOCK_SIZE + slot] = key;
                 }
-                let block_values = &mut self.values[layer][at + slot * d..at + (slot + 1) * d];
-                for (stored, &value) in block_values.iter_mut().zip(v) {
-                    *stored = f16::from_f32(value);
-                }
+                self.values[layer][at + slot * d..at + (slot + 1) * d].convert_from_f32_slice(v);
             }
         }
     }
