@@ -13,6 +13,6 @@ for setting in "chunked 128" "unchunked 8192"; do
   "$bin" serve --listen 127.0.0.1:8182 --data-dir "$data" --threads 2 --config "$data/agentbox.yaml" >"$data/log" 2>&1 &
   server=$!
   for _ in $(seq 1 120); do curl -sf http://127.0.0.1:8182/health/ready >/dev/null && break; sleep 0.5; done
-  .venv/bin/python bench/chunked_prefill.py --base-url http://127.0.0.1:8182 --label "$1 (max_batched_tokens $2)"
+  .venv-bench/bin/python bench/chunked_prefill.py --base-url http://127.0.0.1:8182 --label "$1 (max_batched_tokens $2)"
   kill "$server"; wait "$server" || true; rm -rf "$data"
 done
