@@ -1,8 +1,10 @@
 //! The arithmetic of one query row against its KV head's blocks, in one fixed order: the
 //! query-key dots of a block, each head's softmax, and the probability-weighted sum of the
-//! values. The weighted sum keeps its accumulators in registers with AVX2 (a slice in
-//! memory costs a load and a store per value and position); its portable twin gives the
-//! same bits.
+//! values. Keys and values come as the cache stores them (f16) and are widened exactly;
+//! all math is f32. With AVX2 (detected at run time) the keys and values are widened eight
+//! at a time with F16C and the weighted sum keeps its accumulators in registers (a slice in
+//! memory cost a load and a store per value and position); the portable twins give the
+//! same bits (tested).
 
 use half::f16;
 
