@@ -6,12 +6,12 @@
 #   stop   fast shutdown; the cluster stays for the next start
 #   url    the superuser URL: postgres://postgres@127.0.0.1:PORT/postgres
 # AGENTBOX_PG_DIR (default /tmp/agentbox-pg) holds the cluster (data/), its log (server.log)
-# and its unix socket; AGENTBOX_PG_PORT (default 55432) is its TCP port on 127.0.0.1.
+# and its unix socket; AGENTBOX_PG_PORT (default 25432, below the ephemeral range, so that no client socket of the tests can hold it) is its TCP port on 127.0.0.1.
 # Auth is `trust`. As root (CI), the server runs as the package's `postgres` user.
 set -euo pipefail
 
 dir="$(realpath -m "${AGENTBOX_PG_DIR:-/tmp/agentbox-pg}")"
-port="${AGENTBOX_PG_PORT:-55432}"
+port="${AGENTBOX_PG_PORT:-25432}"
 data="$dir/data"
 log="$dir/server.log"
 cd /  # the postgres user may not be able to read the caller's directory
