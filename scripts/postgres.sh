@@ -6,7 +6,8 @@
 #   stop   fast shutdown; the cluster stays for the next start
 #   url    the superuser URL: postgres://postgres@127.0.0.1:PORT/postgres
 # AGENTBOX_PG_DIR (default /tmp/agentbox-pg) holds the cluster (data/), its log (server.log)
-# and its unix socket; AGENTBOX_PG_PORT (default 25432, below the ephemeral range, so that no client socket of the tests can hold it) is its TCP port on 127.0.0.1.
+# and its unix socket; AGENTBOX_PG_PORT (default 25432: below Linux's ephemeral range, so no
+# client socket of the tests can be holding it) is its TCP port on 127.0.0.1.
 # Auth is `trust`. As root (CI), the server runs as the package's `postgres` user.
 set -euo pipefail
 
