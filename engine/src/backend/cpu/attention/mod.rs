@@ -13,8 +13,6 @@ use rayon::prelude::*;
 
 mod row;
 
-use half::slice::HalfFloatSliceExt;
-
 use crate::model::kv_cache::{BLOCK_SIZE, BlockTable, KvPool};
 
 /// Rows of one sequence per task: a decode step is one row; a prefill chunk is split.
@@ -136,13 +134,11 @@ fn run_inline(job: &Job<'_>) -> Vec<f32> {
     let positions = seq.start + task.rows.end;
     let blocks = &seq.table.blocks[..positions.div_ceil(BLOCK_SIZE)];
     let mut scores = vec![0f32; counts.len() * group * positions];
-    // One block's keys or values widened to f32, once for every row and head of the task.
-    let mut widened = vec![0f32; BLOCK_SIZE * d];
     // Block by block, each block's keys serve every row and head of the task while in
     // cache.
     for (b, &block) in blocks.iter().enumerate() {
         let first = b * BLOCK_SIZE;
-        widened.convert_from_f16_slice(pool.block_keys(layer, block, task.kv_head));
+        let keys = pool.block_keys(layer, block, task.kv_head);
         for ((row, &count), row_scores) in task
             .rows
             .clone()
@@ -153,35 +149,29 @@ fn run_inline(job: &Job<'_>) -> Vec<f32> {
             let slots = BLOCK_SIZE.min(count - first);
             for (g, head_scores) in row_scores.chunks_exact_mut(positions).enumerate() {
                 let at = ((seq.offset + row) * queries.heads + task.kv_head * group + g) * d;
-                let dots = row::block_dots(&queries.values[at..at + d], &widened);
+                let dots = row::block_dots(&queries.values[at..at + d], keys);
                 for (score, dot) in head_scores[first..first + slots].iter_mut().zip(dots) {
                     *score = dot * scale;
                 }
             }
         }
     }
-    for (row_scores, &count) in scores.chunks_exact_mut(group * positions).zip(&counts) {
-        row::softmax_heads(row_scores, positions, count);
-    }
-    // Then the values, block by block likewise, each row and head's sum going on in
-    // position order.
+    let values: Vec<&[half::f16]> = blocks
+        .iter()
+        .map(|&block| pool.block_values(layer, block, task.kv_head))
+        .collect();
     let mut out = vec![0f32; counts.len() * group * d];
-    for (b, &block) in blocks.iter().enumerate() {
-        let first = b * BLOCK_SIZE;
-        widened.convert_from_f16_slice(pool.block_values(layer, block, task.kv_head));
-        for ((row_scores, &count), row_out) in scores
-            .chunks_exact(group * positions)
-            .zip(&counts)
-            .zip(out.chunks_exact_mut(group * d))
-            .filter(|((_, count), _)| **count > first)
+    for ((row_scores, &count), row_out) in scores
+        .chunks_exact_mut(group * positions)
+        .zip(&counts)
+        .zip(out.chunks_exact_mut(group * d))
+    {
+        row::softmax_heads(row_scores, positions, count);
+        for (probs, head_out) in row_scores
+            .chunks_exact(positions)
+            .zip(row_out.chunks_exact_mut(d))
         {
-            let slots = BLOCK_SIZE.min(count - first);
-            for (probs, head_out) in row_scores
-                .chunks_exact(positions)
-                .zip(row_out.chunks_exact_mut(d))
-            {
-                row::accumulate_block(&probs[first..first + slots], &widened, head_out);
-            }
+            row::weighted_sum(&probs[..count], &values, head_out);
         }
     }
     out

@@ -1,9 +1,12 @@
 //! The arithmetic of one query row against its KV head's blocks, in one fixed order: the
 //! query-key dots of a block, each head's softmax, and the probability-weighted sum of the
-//! values. The caller widens each f16 block of the cache to f32 once for all its rows and
-//! heads; all math is f32. With AVX2 (detected at run time) the value sum keeps its
-//! accumulators in registers over a block's slots (a slice in memory cost a load and a
-//! store per value and position); the portable twin gives the same bits (tested).
+//! values. Keys and values come as the cache stores them (f16) and are widened exactly;
+//! all math is f32. With AVX2 (detected at run time) the keys and values are widened eight
+//! at a time with F16C and the weighted sum keeps its accumulators in registers (a slice in
+//! memory cost a load and a store per value and position); the portable twins give the
+//! same bits (tested).
+
+use half::f16;
 
 use crate::backend::cpu::exp;
 use crate::model::kv_cache::BLOCK_SIZE;
@@ -15,10 +18,20 @@ const DIMS_PER_PASS: usize = 64;
 
 /// `q` dotted with each of a block's keys, stored transposed (`[head_dim][BLOCK_SIZE]`):
 /// dimension `i` goes to partial sum `i % PARTIALS`, and the partials are added pairwise.
-/// (Compiled for AVX2 by the caller, its loops vectorize as they are; LLVM turned explicit
-/// in-register broadcasts of `q` back into loads.)
 #[inline(always)]
-pub(super) fn block_dots(q: &[f32], keys: &[f32]) -> [f32; BLOCK_SIZE] {
+pub(super) fn block_dots(q: &[f32], keys: &[f16]) -> [f32; BLOCK_SIZE] {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the features were just detected.
+        return unsafe { avx2::block_dots(q, keys) };
+    }
+    block_dots_portable(q, keys)
+}
+
+fn block_dots_portable(q: &[f32], keys: &[f16]) -> [f32; BLOCK_SIZE] {
     let mut partials = [[0f32; BLOCK_SIZE]; PARTIALS];
     let whole = q.len() / PARTIALS * PARTIALS;
     for (qs, rows) in q
@@ -31,7 +44,7 @@ pub(super) fn block_dots(q: &[f32], keys: &[f32]) -> [f32; BLOCK_SIZE] {
             .zip(rows.chunks_exact(BLOCK_SIZE))
         {
             for (acc, &k) in partial.iter_mut().zip(row) {
-                *acc = qi.mul_add(k, *acc);
+                *acc = qi.mul_add(k.to_f32(), *acc);
             }
         }
     }
@@ -41,7 +54,7 @@ pub(super) fn block_dots(q: &[f32], keys: &[f32]) -> [f32; BLOCK_SIZE] {
         .zip(keys[whole * BLOCK_SIZE..].chunks_exact(BLOCK_SIZE))
     {
         for (acc, &k) in partials[0].iter_mut().zip(row) {
-            *acc = qi.mul_add(k, *acc);
+            *acc = qi.mul_add(k.to_f32(), *acc);
         }
     }
     let [a, b, c, e] = partials;
@@ -100,28 +113,32 @@ fn head_sums<const N: usize>(
     sums
 }
 
-/// `out += Σ_slot probs[slot] · value_slot` over one block's first `probs.len()` slots in
-/// order, one fused multiply-add per slot and dimension (`values`: `[BLOCK_SIZE][d]`, `d =
-/// out.len()`). Block after block, this is a row's value sum in position order.
+/// `out = Σ_j probs[j] · value_j` over positions in order, one fused multiply-add per
+/// position and dimension. `blocks` hold the values, `[BLOCK_SIZE][d]` each, position `j`
+/// at slot `j % BLOCK_SIZE` of block `j / BLOCK_SIZE`.
 #[inline(always)]
-pub(super) fn accumulate_block(probs: &[f32], values: &[f32], out: &mut [f32]) {
+pub(super) fn weighted_sum(probs: &[f32], blocks: &[&[f16]], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if out.len().is_multiple_of(8)
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
     {
         // SAFETY: the features were just detected.
-        unsafe { avx2::accumulate_block(probs, values, out) };
+        unsafe { avx2::weighted_sum(probs, blocks, out) };
         return;
     }
-    accumulate_block_portable(probs, values, out);
+    weighted_sum_portable(probs, blocks, out);
 }
 
-fn accumulate_block_portable(probs: &[f32], values: &[f32], out: &mut [f32]) {
+fn weighted_sum_portable(probs: &[f32], blocks: &[&[f16]], out: &mut [f32]) {
     let d = out.len();
-    for (&p, v) in probs.iter().zip(values.chunks_exact(d)) {
-        for (o, &v) in out.iter_mut().zip(v) {
-            *o = p.mul_add(v, *o);
+    out.fill(0.0);
+    for (values, probs) in blocks.iter().zip(probs.chunks(BLOCK_SIZE)) {
+        for (&p, v) in probs.iter().zip(values.chunks_exact(d)) {
+            for (o, &v) in out.iter_mut().zip(v) {
+                *o = p.mul_add(v.to_f32(), *o);
+            }
         }
     }
 }
@@ -130,58 +147,114 @@ fn accumulate_block_portable(probs: &[f32], values: &[f32], out: &mut [f32]) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK_SIZE, DIMS_PER_PASS};
+    use half::f16;
 
-    /// `accumulate_block` for a head size that is a multiple of 8: up to 64 dimensions per
-    /// pass over the block, their sums in registers from the first slot to the last.
+    use super::{BLOCK_SIZE, DIMS_PER_PASS, PARTIALS};
+
+    // A block's slots are two vectors of eight.
+    const _: () = assert!(BLOCK_SIZE == 16);
+
+    /// Eight f16 at `at`, widened (exactly) to f32.
+    #[inline(always)]
+    unsafe fn widen8(at: *const f16) -> __m256 {
+        // SAFETY: the caller vouches for 8 values at `at`; F16C is enabled by the callers.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(at.cast())) }
+    }
+
+    /// `block_dots` with the keys widened eight at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn block_dots(q: &[f32], keys: &[f16]) -> [f32; BLOCK_SIZE] {
+        assert!(keys.len() >= q.len() * BLOCK_SIZE);
+        // SAFETY: the features are enabled; every widening reads 8 values of a
+        // `BLOCK_SIZE`-value row of `keys`, which holds `q.len()` rows (checked above).
+        unsafe {
+            let mut partials = [[_mm256_setzero_ps(); 2]; PARTIALS];
+            let whole = q.len() / PARTIALS * PARTIALS;
+            for (qs, rows) in q[..whole]
+                .chunks_exact(PARTIALS)
+                .zip(keys.chunks_exact(PARTIALS * BLOCK_SIZE))
+            {
+                for (p, (partial, &qi)) in partials.iter_mut().zip(qs).enumerate() {
+                    let row = rows.as_ptr().add(p * BLOCK_SIZE);
+                    let qi = _mm256_set1_ps(qi);
+                    partial[0] = _mm256_fmadd_ps(qi, widen8(row), partial[0]);
+                    partial[1] = _mm256_fmadd_ps(qi, widen8(row.add(8)), partial[1]);
+                }
+            }
+            for (&qi, row) in q[whole..]
+                .iter()
+                .zip(keys[whole * BLOCK_SIZE..].chunks_exact(BLOCK_SIZE))
+            {
+                let qi = _mm256_set1_ps(qi);
+                partials[0][0] = _mm256_fmadd_ps(qi, widen8(row.as_ptr()), partials[0][0]);
+                partials[0][1] = _mm256_fmadd_ps(qi, widen8(row.as_ptr().add(8)), partials[0][1]);
+            }
+            let [a, b, c, e] = partials;
+            let mut dots = [0f32; BLOCK_SIZE];
+            for (half, out) in dots.chunks_exact_mut(8).enumerate() {
+                let sum = _mm256_add_ps(
+                    _mm256_add_ps(a[half], b[half]),
+                    _mm256_add_ps(c[half], e[half]),
+                );
+                _mm256_storeu_ps(out.as_mut_ptr(), sum);
+            }
+            dots
+        }
+    }
+
+    /// `weighted_sum` for a head size that is a multiple of 8: up to 64 dimensions per
+    /// pass over the values, their sums in registers.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn accumulate_block(probs: &[f32], values: &[f32], out: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum(probs: &[f32], blocks: &[&[f16]], out: &mut [f32]) {
         let d = out.len();
-        assert!(probs.len() <= BLOCK_SIZE && values.len() >= probs.len() * d);
         for (pass, out) in out.chunks_mut(DIMS_PER_PASS).enumerate() {
             let first = pass * DIMS_PER_PASS;
             // SAFETY (all arms): AVX2 and FMA, as this function.
             unsafe {
                 match out.len() / 8 {
-                    8 => dims::<8>(probs, values, d, first, out),
-                    7 => dims::<7>(probs, values, d, first, out),
-                    6 => dims::<6>(probs, values, d, first, out),
-                    5 => dims::<5>(probs, values, d, first, out),
-                    4 => dims::<4>(probs, values, d, first, out),
-                    3 => dims::<3>(probs, values, d, first, out),
-                    2 => dims::<2>(probs, values, d, first, out),
-                    _ => dims::<1>(probs, values, d, first, out),
+                    8 => dims::<8>(probs, blocks, d, first, out),
+                    7 => dims::<7>(probs, blocks, d, first, out),
+                    6 => dims::<6>(probs, blocks, d, first, out),
+                    5 => dims::<5>(probs, blocks, d, first, out),
+                    4 => dims::<4>(probs, blocks, d, first, out),
+                    3 => dims::<3>(probs, blocks, d, first, out),
+                    2 => dims::<2>(probs, blocks, d, first, out),
+                    _ => dims::<1>(probs, blocks, d, first, out),
                 }
             }
         }
     }
 
-    /// Dimensions `first..first + 8 * V` of the block's sum into `out`.
+    /// Dimensions `first..first + 8 * V` of the weighted sum into `out`.
     #[inline(always)]
     unsafe fn dims<const V: usize>(
         probs: &[f32],
-        values: &[f32],
+        blocks: &[&[f16]],
         d: usize,
         first: usize,
         out: &mut [f32],
     ) {
-        let out = &mut out[..8 * V];
-        // SAFETY: AVX2 and FMA are enabled by the caller; every load and store covers 8
-        // floats inside `out` or `value`, slices of exactly 8 * V.
+        // SAFETY: AVX2 and FMA are enabled by the caller; every load reads 8 floats inside
+        // `value`, a slice of exactly 8 * V.
         unsafe {
-            let mut acc: [__m256; V] =
-                std::array::from_fn(|v| _mm256_loadu_ps(out.as_ptr().add(8 * v)));
-            for (slot, &p) in probs.iter().enumerate() {
-                let at = slot * d + first;
-                let value = &values[at..at + 8 * V];
-                let p = _mm256_set1_ps(p);
-                for (v, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(p, _mm256_loadu_ps(value.as_ptr().add(8 * v)), *acc);
+            let mut acc = [_mm256_setzero_ps(); V];
+            for (values, probs) in blocks.iter().zip(probs.chunks(BLOCK_SIZE)) {
+                for (slot, &p) in probs.iter().enumerate() {
+                    let at = slot * d + first;
+                    let value = &values[at..at + 8 * V];
+                    let p = _mm256_set1_ps(p);
+                    for (v, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm256_fmadd_ps(p, widen8(value.as_ptr().add(8 * v)), *acc);
+                    }
                 }
             }
+            let out = &mut out[..8 * V];
             for (v, acc) in acc.iter().enumerate() {
                 _mm256_storeu_ps(out.as_mut_ptr().add(8 * v), *acc);
             }
@@ -203,20 +276,39 @@ mod tests {
             .collect()
     }
 
+    fn halves(count: usize, seed: u32) -> Vec<f16> {
+        values(count, seed).into_iter().map(f16::from_f32).collect()
+    }
+
     #[test]
-    fn accumulate_block_matches_its_portable_twin_bit_for_bit() {
+    fn block_dots_match_their_portable_twin_bit_for_bit() {
+        for d in [1, 3, 4, 20, 64, 66, 128] {
+            let q = values(d, 7);
+            let keys = halves(d * BLOCK_SIZE, 8);
+            let fast = block_dots(&q, &keys);
+            let portable = block_dots_portable(&q, &keys);
+            assert_eq!(fast.map(f32::to_bits), portable.map(f32::to_bits), "d {d}");
+        }
+    }
+
+    #[test]
+    fn weighted_sum_matches_its_portable_twin_bit_for_bit() {
         for d in [8, 24, 64, 72, 128] {
-            for slots in [1, 7, 16] {
-                let block = values(BLOCK_SIZE * d, d as u32);
-                let probs = values(slots, 99);
-                let start = values(d, 5);
-                let (mut fast, mut portable) = (start.clone(), start);
-                accumulate_block(&probs, &block, &mut fast);
-                accumulate_block_portable(&probs, &block, &mut portable);
+            for count in [1usize, 15, 16, 17, 50] {
+                let n_blocks = count.div_ceil(BLOCK_SIZE);
+                let storage: Vec<Vec<f16>> = (0..n_blocks)
+                    .map(|b| halves(BLOCK_SIZE * d, b as u32))
+                    .collect();
+                let blocks: Vec<&[f16]> = storage.iter().map(Vec::as_slice).collect();
+                let probs = values(count, 99);
+                let mut fast = vec![f32::NAN; d];
+                let mut portable = vec![f32::NAN; d];
+                weighted_sum(&probs, &blocks, &mut fast);
+                weighted_sum_portable(&probs, &blocks, &mut portable);
                 assert_eq!(
                     fast.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                     portable.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                    "d {d}, {slots} slots"
+                    "d {d}, {count} positions"
                 );
             }
         }
