@@ -376,14 +376,20 @@ impl Config {
             .filter(|m| m.task == ModelTask::Generate)
             .count()
             .max(1);
+        let max_batched_tokens = positive(
+            "engine.max_batched_tokens",
+            engine_raw.max_batched_tokens,
+            128,
+        )?;
+        // Chunks end on KV block boundaries (the prefix cache shares whole chunks or blocks).
+        let block = engine::model::kv_cache::BLOCK_SIZE;
+        if !max_batched_tokens.is_multiple_of(block) {
+            bail!("engine.max_batched_tokens: {max_batched_tokens} is not a multiple of {block}");
+        }
         let engine = EngineConfig {
             max_running: positive("engine.max_running", engine_raw.max_running, 32)?,
             max_waiting: positive("engine.max_waiting", engine_raw.max_waiting, 256)?,
-            max_batched_tokens: positive(
-                "engine.max_batched_tokens",
-                engine_raw.max_batched_tokens,
-                128,
-            )?,
+            max_batched_tokens,
             shutdown_grace_secs: engine_raw.shutdown_grace_secs.unwrap_or(10),
             kv_cache_bytes: match engine_raw.kv_cache_bytes {
                 Some(KvBudget::Bytes(0)) => bail!("engine.kv_cache_bytes: must be more than 0"),
@@ -629,5 +635,27 @@ mod tests {
             let err = bytes(&format!("engine:\n  kv_cache_bytes: {bad:?}\n")).unwrap_err();
             assert!(err.contains("kv_cache_bytes"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_step_budget_is_whole_kv_blocks() {
+        let resolve = |yaml: &str| {
+            let raw: RawConfig = serde_yaml::from_str(yaml).unwrap_or_default();
+            Config::resolve(
+                RawConfig {
+                    models: Some(vec![]),
+                    ..raw
+                },
+                Overrides::default(),
+            )
+            .map_err(|e| format!("{e:#}"))
+        };
+        let config = resolve("engine:\n  max_batched_tokens: 256\n").unwrap();
+        assert_eq!(config.engine.max_batched_tokens, 256);
+        let err = resolve("engine:\n  max_batched_tokens: 100\n").unwrap_err();
+        assert!(
+            err.contains("max_batched_tokens") && err.contains("16"),
+            "{err}"
+        );
     }
 }

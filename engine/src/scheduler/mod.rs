@@ -169,6 +169,16 @@ impl Scheduler {
         tokenizer: Arc<TextTokenizer>,
         options: SchedulerOptions,
     ) -> Result<Self> {
+        if options.max_batched_tokens == 0 || !options.max_batched_tokens.is_multiple_of(BLOCK_SIZE)
+        {
+            return Err(EngineError::InvalidParameter {
+                param: "max_batched_tokens",
+                message: format!(
+                    "{} is not a positive multiple of the KV block size, {BLOCK_SIZE}",
+                    options.max_batched_tokens
+                ),
+            });
+        }
         let (commands, inbox) = std_mpsc::channel();
         let counters = Arc::new(Counters::default());
         let n_blocks = runner.kv_blocks();
