@@ -217,6 +217,16 @@ pub struct RawModelConfig {
     pub task: ModelTask,
 }
 
+/// How many ways a per-device share (KV memory, GPU memory) splits: one per chat model, at
+/// least one.
+pub fn chat_model_count(tasks: impl IntoIterator<Item = ModelTask>) -> usize {
+    tasks
+        .into_iter()
+        .filter(|&task| task == ModelTask::Generate)
+        .count()
+        .max(1)
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelTask {
@@ -368,14 +378,10 @@ impl Config {
         };
         let engine_raw = raw.engine.unwrap_or_default();
         // Chat models split a share of the available memory between them.
-        let chat_models = raw
-            .models
-            .clone()
-            .unwrap_or_else(default_models)
-            .iter()
-            .filter(|m| m.task == ModelTask::Generate)
-            .count()
-            .max(1);
+        let chat_models = match &raw.models {
+            Some(models) => chat_model_count(models.iter().map(|m| m.task)),
+            None => chat_model_count(default_models().iter().map(|m| m.task)),
+        };
         let max_batched_tokens = positive(
             "engine.max_batched_tokens",
             engine_raw.max_batched_tokens,
@@ -610,20 +616,22 @@ mod tests {
         assert!(err.contains("gpu_memory_utilization"), "{err}");
     }
 
+    /// A config file with no models, resolved; errors as text.
+    fn resolve_yaml(yaml: &str) -> Result<Config, String> {
+        let raw: RawConfig = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        Config::resolve(
+            RawConfig {
+                models: Some(vec![]),
+                ..raw
+            },
+            Overrides::default(),
+        )
+        .map_err(|e| format!("{e:#}"))
+    }
+
     #[test]
     fn a_kv_budget_is_a_size_or_a_share_of_available_memory() {
-        let resolve = |yaml: &str| {
-            let raw: RawConfig = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
-            Config::resolve(
-                RawConfig {
-                    models: Some(vec![]),
-                    ..raw
-                },
-                Overrides::default(),
-            )
-            .map_err(|e| format!("{e:#}"))
-        };
-        let bytes = |yaml: &str| resolve(yaml).map(|c| c.engine.kv_cache_bytes);
+        let bytes = |yaml: &str| resolve_yaml(yaml).map(|c| c.engine.kv_cache_bytes);
         assert_eq!(bytes("engine:\n  kv_cache_bytes: 512MiB\n"), Ok(512 << 20));
         let available = available_memory().unwrap_or(0) as f64;
         let share = bytes("engine:\n  kv_cache_bytes: 10%\n").unwrap_or(0) as f64;
@@ -639,20 +647,9 @@ mod tests {
 
     #[test]
     fn the_step_budget_is_whole_kv_blocks() {
-        let resolve = |yaml: &str| {
-            let raw: RawConfig = serde_yaml::from_str(yaml).unwrap_or_default();
-            Config::resolve(
-                RawConfig {
-                    models: Some(vec![]),
-                    ..raw
-                },
-                Overrides::default(),
-            )
-            .map_err(|e| format!("{e:#}"))
-        };
-        let config = resolve("engine:\n  max_batched_tokens: 256\n").unwrap();
+        let config = resolve_yaml("engine:\n  max_batched_tokens: 256\n").unwrap();
         assert_eq!(config.engine.max_batched_tokens, 256);
-        let err = resolve("engine:\n  max_batched_tokens: 100\n").unwrap_err();
+        let err = resolve_yaml("engine:\n  max_batched_tokens: 100\n").unwrap_err();
         assert!(
             err.contains("max_batched_tokens") && err.contains("16"),
             "{err}"

@@ -43,12 +43,7 @@ fn load_chat(
         threads: config.threads,
     };
     // Chat models on one GPU split the configured share evenly.
-    let chat_models = config
-        .models
-        .iter()
-        .filter(|m| m.task == ModelTask::Generate)
-        .count()
-        .max(1);
+    let chat_models = crate::config::chat_model_count(config.models.iter().map(|m| m.task));
     let placement = Placement {
         device: device.device,
         kv_cache_bytes: config.engine.kv_cache_bytes,

@@ -46,6 +46,7 @@ pub(crate) fn attend(
 ) -> Vec<f32> {
     let (heads, d) = (queries.heads, queries.head_dim);
     let group = heads / queries.kv_heads;
+    let kernels = row::Kernels::new(d);
     let tasks: Vec<Task> = sequences
         .iter()
         .enumerate()
@@ -63,6 +64,7 @@ pub(crate) fn attend(
         .par_iter()
         .map(|task| {
             run(&Job {
+                kernels,
                 pool,
                 layer,
                 queries,
@@ -91,6 +93,7 @@ struct Task {
 
 /// One task with what it reads.
 struct Job<'a> {
+    kernels: row::Kernels,
     pool: &'a KvPool,
     layer: usize,
     queries: &'a Queries<'a>,
@@ -118,6 +121,7 @@ unsafe fn run_avx2(job: &Job<'_>) -> Vec<f32> {
 #[inline(always)]
 fn run_inline(job: &Job<'_>) -> Vec<f32> {
     let Job {
+        kernels,
         pool,
         layer,
         queries,
@@ -149,7 +153,7 @@ fn run_inline(job: &Job<'_>) -> Vec<f32> {
             let slots = BLOCK_SIZE.min(count - first);
             for (g, head_scores) in row_scores.chunks_exact_mut(positions).enumerate() {
                 let at = ((seq.offset + row) * queries.heads + task.kv_head * group + g) * d;
-                let dots = row::block_dots(&queries.values[at..at + d], keys);
+                let dots = (kernels.block_dots)(&queries.values[at..at + d], keys);
                 for (score, dot) in head_scores[first..first + slots].iter_mut().zip(dots) {
                     *score = dot * scale;
                 }
@@ -171,7 +175,7 @@ fn run_inline(job: &Job<'_>) -> Vec<f32> {
             .chunks_exact(positions)
             .zip(row_out.chunks_exact_mut(d))
         {
-            row::weighted_sum(&probs[..count], &values, head_out);
+            (kernels.weighted_sum)(&probs[..count], &values, head_out);
         }
     }
     out

@@ -1,7 +1,7 @@
 //! The arithmetic of one query row against its KV head's blocks, in one fixed order: the
 //! query-key dots of a block, each head's softmax, and the probability-weighted sum of the
 //! values. Keys and values come as the cache stores them (f16) and are widened exactly;
-//! all math is f32. With AVX2 (detected at run time) the keys and values are widened eight
+//! all math is f32. With AVX2 (`Kernels`, chosen once per call) keys and values are widened eight
 //! at a time with F16C and the weighted sum keeps its accumulators in registers (a slice in
 //! memory cost a load and a store per value and position); the portable twins give the
 //! same bits (tested).
@@ -16,19 +16,41 @@ const PARTIALS: usize = 4;
 /// Output dimensions one pass over the values accumulates (eight AVX2 registers).
 const DIMS_PER_PASS: usize = 64;
 
-/// `q` dotted with each of a block's keys, stored transposed (`[head_dim][BLOCK_SIZE]`):
-/// dimension `i` goes to partial sum `i % PARTIALS`, and the partials are added pairwise.
-#[inline(always)]
-pub(super) fn block_dots(q: &[f32], keys: &[f16]) -> [f32; BLOCK_SIZE] {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
-        // SAFETY: the features were just detected.
-        return unsafe { avx2::block_dots(q, keys) };
+/// The row kernels for this CPU and head size, chosen once per attention call.
+#[derive(Clone, Copy)]
+pub(super) struct Kernels {
+    /// `q` dotted with each of a block's keys, stored transposed (`[head_dim][BLOCK_SIZE]`):
+    /// dimension `i` goes to partial sum `i % PARTIALS`, and the partials are added
+    /// pairwise.
+    pub(super) block_dots: fn(&[f32], &[f16]) -> [f32; BLOCK_SIZE],
+    /// `out = Σ_j probs[j] · value_j` over positions in order, one fused multiply-add per
+    /// position and dimension. The blocks hold the values, `[BLOCK_SIZE][d]` each,
+    /// position `j` at slot `j % BLOCK_SIZE` of block `j / BLOCK_SIZE`.
+    pub(super) weighted_sum: fn(&[f32], &[&[f16]], &mut [f32]),
+}
+
+impl Kernels {
+    pub(super) fn new(head_dim: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            // SAFETY (both kernels): the features were just detected.
+            return Self {
+                block_dots: |q, keys| unsafe { avx2::block_dots(q, keys) },
+                weighted_sum: if head_dim.is_multiple_of(8) {
+                    |probs, blocks, out| unsafe { avx2::weighted_sum(probs, blocks, out) }
+                } else {
+                    weighted_sum_portable
+                },
+            };
+        }
+        Self {
+            block_dots: block_dots_portable,
+            weighted_sum: weighted_sum_portable,
+        }
     }
-    block_dots_portable(q, keys)
 }
 
 fn block_dots_portable(q: &[f32], keys: &[f16]) -> [f32; BLOCK_SIZE] {
@@ -111,24 +133,6 @@ fn head_sums<const N: usize>(
         }
     }
     sums
-}
-
-/// `out = Σ_j probs[j] · value_j` over positions in order, one fused multiply-add per
-/// position and dimension. `blocks` hold the values, `[BLOCK_SIZE][d]` each, position `j`
-/// at slot `j % BLOCK_SIZE` of block `j / BLOCK_SIZE`.
-#[inline(always)]
-pub(super) fn weighted_sum(probs: &[f32], blocks: &[&[f16]], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if out.len().is_multiple_of(8)
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
-        // SAFETY: the features were just detected.
-        unsafe { avx2::weighted_sum(probs, blocks, out) };
-        return;
-    }
-    weighted_sum_portable(probs, blocks, out);
 }
 
 fn weighted_sum_portable(probs: &[f32], blocks: &[&[f16]], out: &mut [f32]) {
@@ -285,7 +289,7 @@ mod tests {
         for d in [1, 3, 4, 20, 64, 66, 128] {
             let q = values(d, 7);
             let keys = halves(d * BLOCK_SIZE, 8);
-            let fast = block_dots(&q, &keys);
+            let fast = (Kernels::new(d).block_dots)(&q, &keys);
             let portable = block_dots_portable(&q, &keys);
             assert_eq!(fast.map(f32::to_bits), portable.map(f32::to_bits), "d {d}");
         }
@@ -303,7 +307,7 @@ mod tests {
                 let probs = values(count, 99);
                 let mut fast = vec![f32::NAN; d];
                 let mut portable = vec![f32::NAN; d];
-                weighted_sum(&probs, &blocks, &mut fast);
+                (Kernels::new(d).weighted_sum)(&probs, &blocks, &mut fast);
                 weighted_sum_portable(&probs, &blocks, &mut portable);
                 assert_eq!(
                     fast.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
